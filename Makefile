@@ -1,0 +1,46 @@
+# pfmbench: make setup | bench | test | lock | clean
+# `make bench MODEL=phikon DATASET=nuclei-sample WEIGHTS=random` is the embedded default run.
+
+PYTHON  ?= $(shell command -v python3.11 || command -v python3)
+VENV    ?= .venv
+BIN     := $(VENV)/bin
+
+MODEL    ?= phikon
+DATASET  ?= nuclei-sample
+STRATEGY ?= frozen
+WEIGHTS  ?= random
+RUNTIME  ?= auto
+EPOCHS   ?=
+SEED     ?= 42
+PRESET   ?= densebench
+PYTEST_ARGS ?=
+
+.PHONY: setup bench test lock clean help
+
+help:
+	@echo "make setup                      create $(VENV) from requirements.lock"
+	@echo "make bench MODEL=.. DATASET=..  one leaderboard row [STRATEGY WEIGHTS=random|hub|<dir> RUNTIME=auto|docker|local|inprocess EPOCHS SEED PRESET]"
+	@echo "make test                       the test suite"
+	@echo "make lock                       rewrite requirements.lock from the current venv"
+
+$(BIN)/.installed: requirements.lock pyproject.toml
+	test -x $(BIN)/python || $(PYTHON) -m venv $(VENV)
+	$(BIN)/python -m pip install --quiet --no-deps -r requirements.lock
+	$(BIN)/python -m pip install --quiet --no-deps --no-build-isolation -e .
+	touch $@
+
+setup: $(BIN)/.installed
+
+bench: setup
+	$(BIN)/pfmbench bench --model $(MODEL) --dataset $(DATASET) --strategy $(STRATEGY) \
+	  --weights $(WEIGHTS) --runtime $(RUNTIME) --seed $(SEED) --preset $(PRESET) $(if $(EPOCHS),--epochs $(EPOCHS))
+
+test: setup
+	$(BIN)/python -m pytest $(PYTEST_ARGS)
+
+lock:
+	{ sed -n '1,4p' requirements.lock; $(BIN)/python -m pip freeze --exclude-editable | grep -v '^pfmbench'; } > requirements.lock.new
+	mv requirements.lock.new requirements.lock
+
+clean:
+	rm -rf $(VENV) build *.egg-info .pytest_cache

@@ -1,0 +1,1 @@
+"""Decoders and adaptation strategies that turn token features into segmentations."""

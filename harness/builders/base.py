@@ -1,0 +1,65 @@
+"""The one feature interface every backbone family is adapted to.
+
+A :class:`TokenExtractor` takes a normalised image batch ``[B, 3, H, W]`` and a tuple
+of 0-based block indices and returns the patch-token grids of those blocks,
+``[B, L, H/p, W/p, D]``, plus their class tokens ``[B, L, D]``. Prefix tokens (CLS and
+registers) are removed from the grids. Every tapped block goes through the model's
+final norm, so the last block equals the reference decoder's input (the final normed
+token sequence, ``forward_features``) and earlier blocks are on the same scale.
+"""
+
+from __future__ import annotations
+
+import abc
+
+import numpy as np
+import torch
+from torch import nn
+
+from harness.spec import ModelSpec, resolve_blocks
+
+
+class TokenExtractor(nn.Module, abc.ABC):
+    """Wraps a backbone; subclasses implement :meth:`_tokens` for their library."""
+
+    def __init__(self, spec: ModelSpec, backbone: nn.Module) -> None:
+        super().__init__()
+        self.spec = spec
+        self.backbone = backbone
+        self.register_buffer("mean", torch.tensor(spec.mean).view(1, 3, 1, 1) * 255.0, persistent=False)
+        self.register_buffer("std", torch.tensor(spec.std).view(1, 3, 1, 1) * 255.0, persistent=False)
+
+    def preprocess(self, images: torch.Tensor) -> torch.Tensor:
+        """uint8 ``[B, H, W, 3]`` -> normalised float ``[B, 3, H, W]`` (mean/std from the spec)."""
+        if images.dtype != torch.uint8 or images.ndim != 4 or images.shape[-1] != 3:
+            raise ValueError(f"expected uint8 images [B, H, W, 3], got {images.dtype} {tuple(images.shape)}")
+        x = images.permute(0, 3, 1, 2).to(self.mean.dtype)
+        return (x - self.mean) / self.std
+
+    def forward(self, x: torch.Tensor, blocks: tuple[int, ...] | None = None) -> tuple[torch.Tensor, torch.Tensor]:
+        spec = self.spec
+        idx = resolve_blocks(blocks or spec.blocks, spec.depth)
+        h, w = x.shape[-2:]
+        if h % spec.patch_size or w % spec.patch_size:
+            raise ValueError(f"input {h}x{w} is not a multiple of the patch size {spec.patch_size}")
+        grids, cls = self._tokens(x, idx)
+        return torch.stack(grids, dim=1), torch.stack(cls, dim=1)
+
+    @torch.inference_mode()
+    def extract(self, images: np.ndarray, blocks: tuple[int, ...] | None = None) -> tuple[np.ndarray, np.ndarray]:
+        """uint8 numpy in, fp16 numpy out: what the server returns for the same batch."""
+        x = self.preprocess(torch.from_numpy(np.ascontiguousarray(images)))
+        tokens, cls = self(x, blocks)
+        return tokens.to(torch.float16).numpy(), cls.to(torch.float16).numpy()
+
+    @abc.abstractmethod
+    def _tokens(self, x: torch.Tensor, blocks: tuple[int, ...]) -> tuple[list[torch.Tensor], list[torch.Tensor]]:
+        """Per requested block: a ``[B, h, w, D]`` grid and a ``[B, D]`` class token."""
+
+
+def tokens_to_grid(seq: torch.Tensor, prefix: int, h: int, w: int) -> tuple[torch.Tensor, torch.Tensor]:
+    """Split a normed token sequence ``[B, prefix + h*w, D]`` into grid and CLS."""
+    b, n, d = seq.shape
+    if n != prefix + h * w:
+        raise ValueError(f"token sequence has {n} tokens; expected {prefix} prefix + {h}x{w} patches")
+    return seq[:, prefix:].reshape(b, h, w, d), seq[:, 0]

@@ -1,0 +1,228 @@
+"""``pfmbench``: a thin Typer front end. Each command parses, calls one library function, prints.
+
+Errors the library raises on purpose (:class:`~harness.errors.PfmbenchError`) become
+one line on stderr, ``error: <what> (fix: <how>)``, and exit code 1;
+``PFMBENCH_DEBUG=1`` shows the traceback instead.
+"""
+
+from __future__ import annotations
+
+import json
+import logging
+import signal
+import sys
+from pathlib import Path
+from typing import Annotated, Optional
+
+import typer
+from rich.console import Console
+from rich.table import Table
+
+from harness import constants
+from harness.errors import PfmbenchError
+
+app = typer.Typer(
+    name="pfmbench",
+    help="Benchmark pathology foundation models on segmentation: serve token features over Triton, train decoders, score, record.",
+    no_args_is_help=True,
+    pretty_exceptions_enable=False,
+    rich_markup_mode="rich",
+)
+models_app = typer.Typer(help="List and inspect models (one models/<name>/Dockerfile each).", no_args_is_help=False)
+data_app = typer.Typer(help="List, inspect and prepare datasets (one dataset_cards/<name>.yaml each).", no_args_is_help=True)
+app.add_typer(models_app, name="models")
+app.add_typer(data_app, name="data")
+
+out = Console()
+if not out.is_terminal:  # piped or captured: do not squeeze tables into 80 columns
+    out = Console(width=200)
+
+
+def _model_names(incomplete: str) -> list[str]:
+    from harness.spec import list_models
+
+    return [m for m in list_models() if m.startswith(incomplete)]
+
+
+def _card_names(incomplete: str) -> list[str]:
+    from harness.data.cards import list_cards
+
+    return [c for c in list_cards() if c.startswith(incomplete)]
+
+
+# Shared options, defined once.
+ModelOpt = Annotated[str, typer.Option("--model", "-m", help="Model name (see 'pfmbench models').", autocompletion=_model_names)]
+DatasetOpt = Annotated[str, typer.Option("--dataset", "-d", help="Dataset card (see 'pfmbench data list').", autocompletion=_card_names)]
+WeightsOpt = Annotated[str, typer.Option(help="random (untrained, real architecture) | hub (needs HF_TOKEN for gated models) | <dir or file>.")]
+RuntimeOpt = Annotated[str, typer.Option(help="auto (docker if a daemon answers, else local) | docker | local | inprocess.")]
+SeedOpt = Annotated[int, typer.Option(help="Seed of decoder init, data order and bootstrap.")]
+ResultsOpt = Annotated[Optional[Path], typer.Option("--results-dir", help="Results store (default: ./results or $PFMBENCH_RESULTS).")]
+DataDirOpt = Annotated[Optional[Path], typer.Option("--data-dir", help="Where datasets live (default: ~/.cache/pfmbench/data or $PFMBENCH_DATA).")]
+
+
+@app.command(epilog="Example: pfmbench bench -m phikon -d nuclei-sample --weights random --epochs 2")
+def bench(
+    model: ModelOpt,
+    dataset: DatasetOpt,
+    strategy: Annotated[str, typer.Option(help="Adaptation strategy. Now: frozen.")] = "frozen",
+    weights: WeightsOpt = "random",
+    runtime: RuntimeOpt = "auto",
+    epochs: Annotated[Optional[int], typer.Option(help="Training epochs (default: the preset's 150, or the card's demo default).")] = None,
+    seed: SeedOpt = 42,
+    preset: Annotated[str, typer.Option(help="densebench (the reference code, quirks included) | corrected (schedule fixed, select on mDice).")] = "densebench",
+    decoder: Annotated[str, typer.Option(help="transunet (reference) | linear.")] = "transunet",
+    blocks: Annotated[Optional[str], typer.Option(help="Comma-separated block indices, -1 = last after the final norm (default: the model's).")] = None,
+    batch_size: Annotated[Optional[int], typer.Option(help="Decoder batch size (default 8).")] = None,
+    lr: Annotated[Optional[float], typer.Option(help="Learning rate (default 1e-3).")] = None,
+    input_size: Annotated[Optional[int], typer.Option(help="Square input size (default: the card's rule for the model's patch size).")] = None,
+    results_dir: ResultsOpt = None,
+    data_dir: DataDirOpt = None,
+    progress: Annotated[bool, typer.Option(help="Show progress bars.")] = True,
+) -> None:
+    """Run one model on one dataset and append one row to the results store."""
+    from harness.bench import resolve_config, run_bench
+
+    block_list = tuple(int(b) for b in blocks.split(",")) if blocks else None
+    cfg, why = resolve_config(
+        model, dataset, runtime=runtime, preset=preset, strategy=strategy, weights=weights, epochs=epochs, seed=seed,
+        decoder=decoder, blocks=block_list, batch_size=batch_size, lr=lr, input_size=input_size,
+    )
+    out.print(f"[dim]{model} on {dataset}: {cfg.strategy}, {cfg.epochs} epochs, preset {cfg.preset}, weights {cfg.weights}; {why}[/dim]")
+    row = run_bench(cfg, results_dir=results_dir, data_dir=data_dir, show_progress=progress)
+    _print_row(row.model_dump())
+    out.print(f"row {row.row_id} written to {(results_dir or constants.RESULTS_DIR) / 'rows'} (wall {row.wall_time_s:.1f} s, transfer {row.transfer})")
+
+
+def _print_row(row: dict) -> None:
+    from harness.results.schema import METRICS
+
+    weights = row["weights"] + ("  [yellow](untrained: not comparable to published numbers)[/yellow]" if row["weights"] == "random" else "")
+    t = Table(title=f"{row['model']} on {row['dataset']} (test split, {row['split_sizes'][2]} images)  weights: {weights}")
+    t.add_column("metric")
+    t.add_column("value", justify="right")
+    t.add_column("95% CI", justify="right")
+    for m in METRICS:
+        t.add_row(m, f"{row[m]:.4f}", f"{row[m + '_ci_low']:.4f} - {row[m + '_ci_high']:.4f}")
+    out.print(t)
+    c = Table(title="per class")
+    for col in ("class", "IoU", "Dice"):
+        c.add_column(col, justify="right" if col != "class" else "left")
+    for name, iou, dice in zip(row["class_names"], row["per_class_iou"], row["per_class_dice"]):
+        c.add_row(name, "absent" if iou is None else f"{iou:.4f}", "absent" if dice is None else f"{dice:.4f}")
+    out.print(c)
+
+
+@models_app.callback(invoke_without_command=True)
+def models(ctx: typer.Context, pattern: Annotated[str, typer.Option(help="Glob filter on names.")] = "*") -> None:
+    """List the models: one per models/<name>/Dockerfile."""
+    if ctx.invoked_subcommand:
+        return
+    from harness.spec import get_spec, list_models
+
+    t = Table(title="models")
+    for col in ("name", "builder", "constructor", "params (M)", "patch", "dim", "depth", "prefix", "licence", "gated"):
+        t.add_column(col)
+    for name in list_models(pattern):
+        s = get_spec(name)
+        t.add_row(s.name, s.builder, s.constructor, f"{s.params_m:.1f}", str(s.patch_size), str(s.embed_dim), str(s.depth), str(s.prefix_tokens), s.license, "yes" if s.gated else "no")
+    out.print(t)
+
+
+@models_app.command("show")
+def models_show(name: Annotated[str, typer.Argument(autocompletion=_model_names)]) -> None:
+    """Print one model's full spec (as parsed from its Dockerfile LABELs)."""
+    from harness.spec import get_spec
+
+    spec = get_spec(name)
+    out.print_json(json.dumps({**spec.model_dump(mode="json"), "spec_hash": spec.spec_hash()}))
+
+
+@data_app.command("list")
+def data_list() -> None:
+    """List the dataset cards."""
+    from harness.data.cards import get_card, list_cards
+
+    t = Table(title="dataset cards")
+    for col in ("name", "title", "classes", "files", "size (p14/p16)", "licence"):
+        t.add_column(col)
+    for name in list_cards():
+        c = get_card(name)
+        t.add_row(c.name, c.title, str(c.num_classes), str(c.expected.files), f"{c.input_size.patch14}/{c.input_size.patch16}", c.source.license.split(" (")[0])
+    out.print(t)
+
+
+@data_app.command("show")
+def data_show(card: Annotated[str, typer.Argument(autocompletion=_card_names)]) -> None:
+    """Print one dataset card."""
+    from harness.data.cards import get_card
+
+    c = get_card(card)
+    out.print_json(json.dumps({**c.model_dump(mode="json"), "card_hash": c.card_hash()}))
+
+
+@data_app.command("prepare")
+def data_prepare(card: Annotated[str, typer.Argument(autocompletion=_card_names)], data_dir: DataDirOpt = None) -> None:
+    """Materialise a built-in dataset (or check a downloaded one) and print its split sizes."""
+    from harness.data.cards import get_card
+    from harness.data.loader import dataset_root, discover, read_pair, split
+
+    c = get_card(card)
+    root = dataset_root(c, data_dir)
+    samples = discover(c, root)
+    for s in samples:
+        read_pair(c, s)
+    parts = split(c, samples)
+    out.print(f"{c.name}: {len(samples)} pairs at {root}; split " + ", ".join(f"{k} {len(v)}" for k, v in parts.items()))
+
+
+@app.command()
+def results(
+    results_dir: ResultsOpt = None,
+    sql: Annotated[Optional[str], typer.Option(help="DuckDB SQL over the view 'rows'.")] = None,
+) -> None:
+    """Print the result rows as a table."""
+    from harness.results.store import query
+
+    rel = query(sql or "SELECT row_id, created_at, model, weights, dataset, strategy, decoder, preset, epochs, seed, runtime, transfer, mIoU, mDice, pixel_accuracy, wall_time_s FROM rows ORDER BY created_at", results_dir)
+    if rel is None:
+        out.print(f"no result rows in {(results_dir or constants.RESULTS_DIR) / 'rows'} yet; run 'pfmbench bench' first")
+        return
+    t = Table()
+    for col in rel.columns:
+        t.add_column(col)
+    for r in rel.fetchall():
+        t.add_row(*[f"{v:.4f}" if isinstance(v, float) else ("sha256:" + v[7:19] + "..." if isinstance(v, str) and v.startswith("sha256:") else str(v)) for v in r])
+    out.print(t)
+
+
+@app.command()
+def serve(
+    model: ModelOpt,
+    weights: WeightsOpt = "random",
+    host: Annotated[str, typer.Option(help="Address to bind (0.0.0.0 in a container).")] = "127.0.0.1",
+    grpc_port: int = 8001,
+    http_port: int = 8000,
+    metrics_port: int = 8002,
+) -> None:
+    """Serve a model's token features over Triton in the foreground (Ctrl-C stops it)."""
+    from harness.serve.server import serve as serve_model
+    from harness.spec import get_spec
+
+    serve_model(get_spec(model), weights, 0, host, http_port, grpc_port, metrics_port)
+
+
+def main(argv: list[str] | None = None) -> None:
+    """Console entry point: one-line errors, SIGTERM handled like Ctrl-C (so runtimes stop)."""
+    signal.signal(signal.SIGTERM, signal.default_int_handler)
+    logging.basicConfig(level=logging.WARNING, format="%(levelname)s %(name)s: %(message)s")
+    try:
+        app(args=argv, prog_name="pfmbench")
+    except PfmbenchError as exc:
+        if constants.DEBUG:
+            raise
+        Console(stderr=True).print(f"[red]error:[/red] {exc.one_line()}", soft_wrap=True, highlight=False, markup=True)
+        sys.exit(exc.exit_code)
+
+
+if __name__ == "__main__":
+    main()

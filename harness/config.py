@@ -1,0 +1,81 @@
+"""The resolved configuration of one run, and the protocol presets it starts from.
+
+A :class:`RunConfig` is flat and frozen; it is stored whole in every result row, and
+its hash (with the model spec, card and weights identity) is the run key. Presets are
+plain dictionaries of defaults, not an inheritance tree: what a run used is written
+out in full in its row.
+"""
+
+from __future__ import annotations
+
+import hashlib
+import json
+from typing import Literal
+
+from pydantic import BaseModel, ConfigDict, Field
+
+from harness.adapt.decoders import DecoderName
+
+Preset = Literal["densebench", "corrected"]
+Strategy = Literal["frozen"]
+Schedule = Literal["densebench", "cosine"]
+
+#: The reference code's values (protocol.md), quirks included.
+PRESETS: dict[str, dict[str, object]] = {
+    "densebench": {
+        "epochs": 150, "batch_size": 8, "lr": 1e-3, "weight_decay": 1e-4, "grad_clip": 5.0,
+        "warmup_epochs": 2, "schedule": "densebench", "cosine_t_max": 100, "select_metric": "mIoU",
+    },
+    # Same recipe with the schedule bugs fixed and selection on the headline metric.
+    "corrected": {
+        "epochs": 150, "batch_size": 8, "lr": 1e-3, "weight_decay": 1e-4, "grad_clip": 5.0,
+        "warmup_epochs": 2, "schedule": "cosine", "cosine_t_max": None, "select_metric": "mDice",
+    },
+}
+
+
+class RunConfig(BaseModel):
+    """Everything that determines a run's numbers (and a few things that do not, marked)."""
+
+    model_config = ConfigDict(frozen=True, extra="forbid")
+
+    model: str
+    dataset: str
+    strategy: Strategy = "frozen"
+    decoder: DecoderName = "transunet"
+    preset: Preset = "densebench"
+    weights: str = "random"
+    init_seed: int = 0
+    seed: int = 42
+    epochs: int = Field(gt=0)
+    batch_size: int = Field(gt=0)
+    lr: float = Field(gt=0)
+    weight_decay: float = Field(ge=0)
+    grad_clip: float | None = Field(gt=0)
+    warmup_epochs: int = Field(ge=0)
+    schedule: Schedule
+    cosine_t_max: int | None
+    select_metric: Literal["mIoU", "mDice"]
+    blocks: tuple[int, ...] | None = None
+    input_size: int | None = None
+    augment: Literal["none"] = "none"
+    inference: Literal["resize"] = "resize"
+    n_bootstrap: int = Field(default=1000, ge=0)
+    #: Not part of the run key: where the model runs does not change the numbers.
+    runtime: str = "local"
+
+    @classmethod
+    def from_preset(cls, preset: Preset = "densebench", **overrides: object) -> "RunConfig":
+        values = dict(PRESETS[preset])
+        values.update({k: v for k, v in overrides.items() if v is not None})
+        return cls(preset=preset, **values)  # type: ignore[arg-type]
+
+    def config_hash(self) -> str:
+        data = self.model_dump(mode="json", exclude={"runtime"})
+        return hashlib.sha256(json.dumps(data, sort_keys=True).encode()).hexdigest()[:16]
+
+
+def run_key(config: RunConfig, spec_hash: str, card_hash: str, weights_label: str, image_digest: str | None = None) -> str:
+    """Identity of a run: same key, same numbers (given the same code)."""
+    parts = [config.config_hash(), spec_hash, card_hash, weights_label, image_digest or ""]
+    return hashlib.sha256("|".join(parts).encode()).hexdigest()[:20]

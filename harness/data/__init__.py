@@ -1,0 +1,1 @@
+"""Dataset cards, built-in sample datasets, loaders and splits."""

@@ -1,0 +1,121 @@
+"""Every error pfmbench raises on purpose, each carrying the data a fix needs.
+
+The CLI turns any :class:`PfmbenchError` into one line, ``error: <what> (fix: <how>)``,
+and a non-zero exit; ``PFMBENCH_DEBUG=1`` shows the traceback instead. Library code
+raises these and never prints, so Python callers get the same information as fields.
+"""
+
+from __future__ import annotations
+
+import difflib
+from collections.abc import Iterable
+
+
+class PfmbenchError(Exception):
+    """Base class: a message saying what went wrong and a ``fix`` saying what to do."""
+
+    exit_code = 1
+
+    def __init__(self, message: str, fix: str = "") -> None:
+        super().__init__(message)
+        self.message = message
+        self.fix = fix
+
+    def one_line(self) -> str:
+        text = f"{self.message} (fix: {self.fix})" if self.fix else self.message
+        return " ".join(text.split())
+
+
+def _close(name: str, known: Iterable[str]) -> str:
+    matches = difflib.get_close_matches(name, list(known), n=1)
+    return f"did you mean '{matches[0]}'? " if matches else ""
+
+
+class UnknownModelError(PfmbenchError):
+    def __init__(self, name: str, known: list[str]) -> None:
+        self.name, self.known = name, known
+        super().__init__(
+            f"unknown model '{name}'; known models: {', '.join(known)}",
+            f"{_close(name, known)}pick one of those, or add models/{name}/Dockerfile",
+        )
+
+
+class UnknownDatasetError(PfmbenchError):
+    def __init__(self, name: str, known: list[str]) -> None:
+        self.name, self.known = name, known
+        super().__init__(
+            f"unknown dataset card '{name}'; known cards: {', '.join(known)}",
+            f"{_close(name, known)}pick one of those, or add dataset_cards/{name}.yaml",
+        )
+
+
+class SpecError(PfmbenchError):
+    """A Dockerfile whose LABELs do not form a valid model spec."""
+
+    def __init__(self, path: str, detail: str) -> None:
+        self.path = path
+        super().__init__(f"{path}: invalid model spec: {detail}", "correct the org.pfmbench.* LABELs in that Dockerfile")
+
+
+class CardError(PfmbenchError):
+    """A dataset card that does not validate."""
+
+    def __init__(self, path: str, detail: str) -> None:
+        self.path = path
+        super().__init__(f"{path}: invalid dataset card: {detail}", "correct the card (see docs/cards.md)")
+
+
+class DataError(PfmbenchError):
+    """The files on disk do not match what the card promises."""
+
+    def __init__(self, message: str, fix: str = "check the download against the card, then rerun 'pfmbench data prepare'") -> None:
+        super().__init__(message, fix)
+
+
+class WeightsError(PfmbenchError):
+    """Weights cannot be found, read, or do not fit the architecture."""
+
+
+class HubUnavailableError(WeightsError):
+    def __init__(self, model: str, repo: str, detail: str) -> None:
+        self.model, self.repo = model, repo
+        super().__init__(
+            f"cannot fetch weights of '{model}' from {repo}: {detail}",
+            f"use WEIGHTS=random for an untrained run, or WEIGHTS=<dir> with the weights downloaded to a local directory",
+        )
+
+
+class GatedWeightsError(WeightsError):
+    def __init__(self, model: str, repo: str) -> None:
+        self.model, self.repo = model, repo
+        super().__init__(
+            f"'{model}' is gated on {repo} and no hub token is set",
+            "accept the terms on the model page, then export HF_TOKEN=<token> (or use WEIGHTS=random / WEIGHTS=<dir>)",
+        )
+
+
+class ServerError(PfmbenchError):
+    """The model server did not start, did not become healthy, or failed a request."""
+
+
+class ServerDiedError(ServerError):
+    def __init__(self, model: str, returncode: int | None, log_tail: str) -> None:
+        self.model, self.returncode, self.log_tail = model, returncode, log_tail
+        how = f"signal {-returncode}" if returncode is not None and returncode < 0 else f"exit code {returncode}"
+        last = log_tail.strip().splitlines()[-1] if log_tail.strip() else "no output"
+        super().__init__(
+            f"the model server for '{model}' stopped ({how}) while the run needed it; last log line: {last}",
+            "rerun the command; if it recurs, run with RUNTIME=inprocess to see the model's own error",
+        )
+
+
+class RuntimeUnavailableError(PfmbenchError):
+    """The requested runtime cannot run here (e.g. no Docker daemon)."""
+
+
+class ConfigError(PfmbenchError):
+    """An option value that cannot work (bad block index, epochs < 1, ...)."""
+
+
+class ResultsError(PfmbenchError):
+    """The results store cannot be read or written."""

@@ -1,0 +1,58 @@
+"""Pick and open a runtime: ``auto`` | ``docker`` | ``local`` | ``inprocess``."""
+
+from __future__ import annotations
+
+import logging
+from typing import Literal
+
+from harness.errors import RuntimeUnavailableError
+from harness.runtime.base import Runtime
+from harness.runtime.inprocess import InProcessRuntime
+from harness.runtime.local import LocalRuntime
+from harness.spec import ModelSpec
+from harness.weights import ResolvedWeights
+
+log = logging.getLogger("pfmbench.runtime")
+
+RuntimeName = Literal["auto", "docker", "local", "inprocess"]
+
+
+def docker_available() -> tuple[bool, str]:
+    """Whether a Docker daemon answers (and why not)."""
+    try:
+        import docker
+
+        client = docker.from_env(timeout=3)
+        client.ping()
+        client.close()
+        return True, "a Docker daemon answers"
+    except Exception as exc:
+        return False, f"no Docker daemon answers ({type(exc).__name__})"
+
+
+def choose_runtime(name: RuntimeName) -> tuple[str, str]:
+    """Resolve ``auto`` to a concrete runtime name, with the reason to tell the user."""
+    if name != "auto":
+        return name, f"runtime {name} (asked for)"
+    ok, why = docker_available()
+    if ok:
+        return "docker", f"runtime docker ({why})"
+    return "local", f"runtime local ({why}; the model server runs as a local subprocess)"
+
+
+def make_runtime(name: str, spec: ModelSpec, weights: ResolvedWeights, **kwargs: object) -> Runtime:
+    if name == "local":
+        return LocalRuntime(spec, weights, **kwargs)  # type: ignore[arg-type]
+    if name == "inprocess":
+        return InProcessRuntime(spec, weights)
+    if name == "docker":
+        ok, why = docker_available()
+        if not ok:
+            raise RuntimeUnavailableError(f"RUNTIME=docker needs a Docker daemon: {why}", "start dockerd (see docs/docker.md) or use RUNTIME=local")
+        from harness.runtime.docker import DockerRuntime
+
+        return DockerRuntime(spec, weights, **kwargs)  # type: ignore[arg-type]
+    raise RuntimeUnavailableError(f"unknown runtime '{name}'", "use one of auto, docker, local, inprocess")
+
+
+__all__ = ["Runtime", "RuntimeName", "choose_runtime", "make_runtime", "docker_available"]

@@ -1,0 +1,60 @@
+"""One interface for every place a model can run: ``start``, ``health``, ``infer``, ``stop``.
+
+Runtimes are context managers; leaving the ``with`` block stops the model on every
+exit path (success, exception, Ctrl-C), which is how pfmbench guarantees no orphan
+server process or container.
+"""
+
+from __future__ import annotations
+
+import abc
+from types import TracebackType
+
+import numpy as np
+
+from harness.spec import ModelSpec
+from harness.weights import ResolvedWeights
+
+
+class Runtime(abc.ABC):
+    """Where a model runs. Subclasses: ``inprocess``, ``local`` (subprocess), ``docker``."""
+
+    name: str = "runtime"
+
+    def __init__(self, spec: ModelSpec, weights: ResolvedWeights) -> None:
+        self.spec = spec
+        self.weights = weights
+
+    @property
+    def transfer(self) -> str:
+        """How features reach the harness: ``inprocess``, ``shm`` or ``grpc``."""
+        return "inprocess"
+
+    @property
+    def image_digest(self) -> str | None:
+        """The container image digest the model ran in, if any (recorded in every row)."""
+        return None
+
+    @abc.abstractmethod
+    def start(self) -> None: ...
+
+    @abc.abstractmethod
+    def health(self) -> bool: ...
+
+    @abc.abstractmethod
+    def infer(self, images: np.ndarray, blocks: tuple[int, ...]) -> tuple[np.ndarray, np.ndarray]:
+        """uint8 ``[B, H, W, 3]`` -> fp16 tokens ``[B, L, h, w, D]`` and cls ``[B, L, D]``."""
+
+    @abc.abstractmethod
+    def stop(self) -> None: ...
+
+    def __enter__(self) -> "Runtime":
+        try:
+            self.start()
+        except BaseException:
+            self.stop()
+            raise
+        return self
+
+    def __exit__(self, exc_type: type[BaseException] | None, exc: BaseException | None, tb: TracebackType | None) -> None:
+        self.stop()

@@ -1,0 +1,214 @@
+"""The model server as a subprocess on loopback ports: the default where no Docker daemon runs.
+
+The server gets its own process group (so one ``killpg`` reaches Triton and its Python
+backend stubs too) and ``PR_SET_PDEATHSIG`` (so it is told to stop even if the harness
+itself is killed with SIGKILL). ``stop()`` sends SIGTERM, which the server turns into a
+clean Triton shutdown, then SIGKILLs whatever is left of the group.
+"""
+
+from __future__ import annotations
+
+import ctypes
+import logging
+import os
+import secrets
+import signal
+import socket
+import subprocess
+import sys
+import sysconfig
+import tempfile
+import time
+from pathlib import Path
+
+import numpy as np
+
+from harness import constants
+from harness.client.triton import FeatureClient, Transfer
+from harness.errors import ServerDiedError, ServerError
+from harness.runtime.base import Runtime
+from harness.spec import ModelSpec
+from harness.weights import ResolvedWeights
+
+log = logging.getLogger("pfmbench.runtime")
+
+_PR_SET_PDEATHSIG = 1
+
+
+def free_ports(n: int, host: str = "127.0.0.1") -> list[int]:
+    """``n`` distinct free TCP ports on ``host`` (held open together so they differ)."""
+    socks = []
+    try:
+        for _ in range(n):
+            s = socket.socket()
+            s.bind((host, 0))
+            socks.append(s)
+        return [s.getsockname()[1] for s in socks]
+    finally:
+        for s in socks:
+            s.close()
+
+
+def _die_with_parent() -> None:  # runs in the child between fork and exec
+    try:
+        ctypes.CDLL("libc.so.6", use_errno=True).prctl(_PR_SET_PDEATHSIG, signal.SIGTERM)
+    except OSError:
+        pass
+
+
+def server_env(token: str) -> dict[str, str]:
+    """Environment for a server subprocess.
+
+    Triton's Python-backend stub loads ``libpython3.x.so`` by name; with a pyenv or
+    venv interpreter the system one would be found first and fail to load the model,
+    so the interpreter's own LIBDIR goes first on ``LD_LIBRARY_PATH``.
+    """
+    env = dict(os.environ)
+    env[constants.TOKEN_ENV] = token
+    env["PFMBENCH_MODELS_DIR"] = str(constants.MODELS_DIR)
+    env["PYTHONUNBUFFERED"] = "1"
+    libdir = sysconfig.get_config_var("LIBDIR") or ""
+    env["LD_LIBRARY_PATH"] = os.pathsep.join(p for p in (libdir, env.get("LD_LIBRARY_PATH", "")) if p)
+    return env
+
+
+def log_tail(path: Path, lines: int = 15) -> str:
+    try:
+        return "\n".join(path.read_text(errors="replace").splitlines()[-lines:])
+    except OSError:
+        return ""
+
+
+class LocalRuntime(Runtime):
+    name = "local"
+
+    def __init__(
+        self,
+        spec: ModelSpec,
+        weights: ResolvedWeights,
+        startup_timeout_s: float = 180.0,
+        transfer: Transfer = "auto",
+        device: str | None = None,
+    ) -> None:
+        super().__init__(spec, weights)
+        self.startup_timeout_s = startup_timeout_s
+        self._transfer = transfer
+        self.device = device
+        self.proc: subprocess.Popen[bytes] | None = None
+        self.client: FeatureClient | None = None
+        self.log_path: Path | None = None
+        self._failed = False
+
+    @property
+    def transfer(self) -> str:
+        return self.client.active_transfer if self.client else self._transfer
+
+    def _command(self, ports: list[int]) -> list[str]:
+        http, grpc, metrics = ports
+        cmd = [
+            sys.executable, "-m", "harness.serve", "--model", self.spec.name,
+            "--weights", self.weights.to_arg(), "--init-seed", str(self.weights.init_seed),
+            "--host", "127.0.0.1", "--http-port", str(http), "--grpc-port", str(grpc), "--metrics-port", str(metrics),
+        ]
+        if self.device:
+            cmd += ["--device", self.device]
+        return cmd
+
+    def start(self) -> None:
+        token = secrets.token_hex(16)
+        ports = free_ports(3)
+        fd, name = tempfile.mkstemp(prefix=f"pfmbench-{self.spec.name}-", suffix=".log")
+        self.log_path = Path(name)
+        with os.fdopen(fd, "wb") as logf:
+            self.proc = subprocess.Popen(
+                self._command(ports), stdout=logf, stderr=subprocess.STDOUT, stdin=subprocess.DEVNULL,
+                env=server_env(token), start_new_session=True, preexec_fn=_die_with_parent,
+            )
+        proc = self.proc
+        self.client = FeatureClient(f"127.0.0.1:{ports[1]}", self.spec, token=token, transfer=self._transfer, alive=lambda: proc.poll() is None)
+        log.info("local server for %s: pid %d, grpc 127.0.0.1:%d", self.spec.name, self.proc.pid, ports[1])
+        self._wait_ready()
+
+    def _wait_ready(self) -> None:
+        assert self.proc and self.client
+        deadline = time.monotonic() + self.startup_timeout_s
+        while time.monotonic() < deadline:
+            if self.proc.poll() is not None:
+                self._failed = True
+                raise ServerError(
+                    f"the model server for '{self.spec.name}' exited with code {self.proc.returncode} while starting; "
+                    f"log tail: {' | '.join(log_tail(self.log_path, 5).splitlines())}",
+                    f"see the full log at {self.log_path}",
+                )
+            if self.client.ready():
+                return
+            time.sleep(0.25)
+        self._failed = True
+        raise ServerError(
+            f"the model server for '{self.spec.name}' did not become healthy within {self.startup_timeout_s:.0f} s; "
+            f"log tail: {' | '.join(log_tail(self.log_path, 5).splitlines())}",
+            f"see {self.log_path}; a large model on CPU may need a longer startup timeout",
+        )
+
+    def health(self) -> bool:
+        return self.proc is not None and self.proc.poll() is None and self.client is not None and self.client.ready()
+
+    def _dead(self, grace_s: float = 8.0) -> bool:
+        """Whether the server process has exited (waiting briefly: Triton dies a few seconds after it)."""
+        assert self.proc
+        deadline = time.monotonic() + grace_s
+        while time.monotonic() < deadline:
+            if self.proc.poll() is not None:
+                return True
+            if self.client and self.client.ready():
+                return False
+            time.sleep(0.2)
+        return self.proc.poll() is not None
+
+    def infer(self, images: np.ndarray, blocks: tuple[int, ...]) -> tuple[np.ndarray, np.ndarray]:
+        assert self.proc and self.client, "start() the runtime first"
+        if self.proc.poll() is not None:
+            self._failed = True
+            raise ServerDiedError(self.spec.name, self.proc.returncode, log_tail(self.log_path))
+        try:
+            return self.client.infer(images, blocks)
+        except Exception as exc:
+            self._failed = True
+            if self._dead():
+                raise ServerDiedError(self.spec.name, self.proc.returncode, log_tail(self.log_path)) from exc
+            raise ServerError(
+                f"the model server for '{self.spec.name}' failed a request: {str(exc).splitlines()[0]}",
+                f"see the server log at {self.log_path}",
+            ) from exc
+
+    def stop(self) -> None:
+        if self.client is not None:
+            try:
+                self.client.close()
+            except Exception:  # the server may already be gone; regions are still unlinked
+                pass
+            self.client = None
+        proc, self.proc = self.proc, None
+        if proc is not None:
+            _stop_group(proc)
+        if self.log_path is not None and not self._failed:
+            self.log_path.unlink(missing_ok=True)
+
+
+def _stop_group(proc: subprocess.Popen[bytes], grace_s: float = 15.0) -> None:
+    """SIGTERM the server (clean Triton shutdown), then SIGKILL anything left in its group."""
+    pgid = proc.pid  # start_new_session=True: the group id is the server's pid
+    if proc.poll() is None:
+        try:
+            os.killpg(pgid, signal.SIGTERM)
+        except ProcessLookupError:
+            pass
+        try:
+            proc.wait(timeout=grace_s)
+        except subprocess.TimeoutExpired:
+            pass
+    try:
+        os.killpg(pgid, signal.SIGKILL)
+    except (ProcessLookupError, PermissionError):
+        pass
+    proc.wait()

@@ -1,0 +1,1 @@
+"""The feature server (PyTriton) and its wire protocol."""

@@ -1,0 +1,29 @@
+"""``python -m harness.serve --model NAME ...``: what a runtime starts (also the container's CMD)."""
+
+from __future__ import annotations
+
+import argparse
+import logging
+import os
+
+from harness.serve.server import serve
+from harness.spec import get_spec
+
+
+def main(argv: list[str] | None = None) -> None:
+    p = argparse.ArgumentParser(prog="python -m harness.serve", description="Serve a PFM's token features over Triton.")
+    p.add_argument("--model", default=os.environ.get("PFMBENCH_MODEL"), required=os.environ.get("PFMBENCH_MODEL") is None)
+    p.add_argument("--weights", default="random", help="random | hub | path to a checkpoint file or directory")
+    p.add_argument("--init-seed", type=int, default=0)
+    p.add_argument("--host", default=os.environ.get("PFMBENCH_BIND", "127.0.0.1"))
+    p.add_argument("--http-port", type=int, default=8000)
+    p.add_argument("--grpc-port", type=int, default=8001)
+    p.add_argument("--metrics-port", type=int, default=8002)
+    p.add_argument("--device", default=None)
+    args = p.parse_args(argv)
+    logging.basicConfig(level=logging.INFO, format="%(asctime)s %(name)s %(message)s")
+    serve(get_spec(args.model), args.weights, args.init_seed, args.host, args.http_port, args.grpc_port, args.metrics_port, args.device)
+
+
+if __name__ == "__main__":
+    main()

@@ -1,0 +1,156 @@
+"""A model's specification, read from the LABELs of ``models/<name>/Dockerfile``.
+
+The Dockerfile is the single source of truth for a model: the harness has no second
+list to keep in sync. Globbing ``models/*/Dockerfile`` is the registry (as timm's
+``register_model`` is for timm); :func:`list_models`, :func:`get_spec` and
+:func:`is_model` are the whole API.
+
+Labels live under ``org.pfmbench.`` and use dashes (``org.pfmbench.embed-dim``);
+JSON-valued labels (``kwargs``, ``mean``, ``std``, ``blocks``) hold JSON text.
+"""
+
+from __future__ import annotations
+
+import fnmatch
+import hashlib
+import json
+from functools import lru_cache
+from pathlib import Path
+from typing import Any, Literal
+
+from dockerfile_parse import DockerfileParser
+from pydantic import BaseModel, ConfigDict, Field, ValidationError, field_validator, model_validator
+
+from harness import constants
+from harness.errors import SpecError, UnknownModelError
+
+Builder = Literal["timm", "transformers"]
+
+_JSON_FIELDS = {"kwargs", "mean", "std", "blocks"}
+
+
+class ModelSpec(BaseModel):
+    """Everything the harness needs to build, serve and describe one PFM."""
+
+    model_config = ConfigDict(frozen=True, extra="forbid")
+
+    name: str = Field(pattern=r"^[a-z0-9][a-z0-9_]*$")
+    display_name: str
+    source: str = Field(description="where the weights come from: 'hf:<repo>' or a URL")
+    license: str
+    gated: bool
+    builder: Builder
+    constructor: str = Field(description="timm model name or transformers class, e.g. 'transformers.ViTModel'")
+    kwargs: dict[str, Any] = Field(default_factory=dict)
+    patch_size: int = Field(gt=0)
+    embed_dim: int = Field(gt=0)
+    depth: int = Field(gt=0)
+    prefix_tokens: int = Field(ge=0, description="CLS + register tokens before the patch grid")
+    native_input: int = Field(gt=0)
+    mean: tuple[float, float, float]
+    std: tuple[float, float, float]
+    blocks: tuple[int, ...] = Field(default=(-1,), description="blocks tapped by default; -1 = last, after the final norm")
+    params_m: float = Field(gt=0, description="published parameter count in millions (backbone, no head)")
+    weights_file: str = "model.safetensors"
+    weights_sha256: str | None = None
+    densebench_name: str | None = None
+
+    @field_validator("std")
+    @classmethod
+    def _std_positive(cls, v: tuple[float, float, float]) -> tuple[float, float, float]:
+        if min(v) <= 0:
+            raise ValueError("std values must be > 0")
+        return v
+
+    @model_validator(mode="after")
+    def _blocks_in_range(self) -> "ModelSpec":
+        resolve_blocks(self.blocks, self.depth)
+        return self
+
+    @property
+    def hub_repo(self) -> str | None:
+        return self.source[3:] if self.source.startswith("hf:") else None
+
+    def spec_hash(self) -> str:
+        """A short, stable hash of the spec: changes whenever any label changes."""
+        text = json.dumps(self.model_dump(mode="json"), sort_keys=True, separators=(",", ":"))
+        return hashlib.sha256(text.encode()).hexdigest()[:16]
+
+    def grid(self, height: int, width: int) -> tuple[int, int]:
+        """Token grid for an input of ``height x width`` pixels."""
+        return height // self.patch_size, width // self.patch_size
+
+
+def resolve_blocks(blocks: tuple[int, ...] | list[int], depth: int) -> tuple[int, ...]:
+    """Turn block indices (negative counts from the end, -1 = last) into 0-based indices.
+
+    One helper so that ``--blocks`` means the same thing everywhere, with a range
+    error that states the bounds.
+    """
+    if not blocks:
+        raise ValueError("at least one block is needed")
+    out = []
+    for b in blocks:
+        if not -depth <= b < depth:
+            raise ValueError(f"block {b} is out of range for depth {depth}; use -{depth}..{depth - 1}")
+        out.append(b % depth)
+    if len(set(out)) != len(out):
+        raise ValueError(f"blocks {list(blocks)} name the same block twice")
+    return tuple(out)
+
+
+def parse_dockerfile(path: Path) -> ModelSpec:
+    """Build a :class:`ModelSpec` from one Dockerfile's ``org.pfmbench.*`` LABELs."""
+    try:
+        labels = DockerfileParser(path=str(path), cache_content=True).labels
+    except Exception as exc:  # the parser raises plain exceptions on unreadable files
+        raise SpecError(str(path), f"cannot parse Dockerfile: {exc}") from exc
+    fields: dict[str, Any] = {}
+    for key, value in labels.items():
+        if not key.startswith(constants.LABEL_PREFIX):
+            continue
+        field = key[len(constants.LABEL_PREFIX):].replace("-", "_")
+        if field in _JSON_FIELDS:
+            try:
+                value = json.loads(value)
+            except json.JSONDecodeError as exc:
+                raise SpecError(str(path), f"label {key} is not valid JSON: {exc.msg}") from exc
+        fields[field] = value
+    if not fields:
+        raise SpecError(str(path), f"no {constants.LABEL_PREFIX}* labels found")
+    if fields.get("name") != path.parent.name:
+        raise SpecError(str(path), f"label {constants.LABEL_PREFIX}name={fields.get('name')!r} must equal the folder name {path.parent.name!r}")
+    try:
+        return ModelSpec(**fields)
+    except ValidationError as exc:
+        first = exc.errors()[0]
+        loc = ".".join(str(p) for p in first["loc"]) or "spec"
+        raise SpecError(str(path), f"{loc}: {first['msg']} ({len(exc.errors())} problem(s))") from exc
+
+
+def _dockerfiles(models_dir: Path) -> dict[str, Path]:
+    return {p.parent.name: p for p in sorted(models_dir.glob("*/Dockerfile")) if not p.parent.name.startswith("_")}
+
+
+def list_models(pattern: str = "*", models_dir: Path | None = None) -> list[str]:
+    """Names of the models whose Dockerfile exists, filtered by a glob pattern."""
+    names = _dockerfiles(models_dir or constants.MODELS_DIR)
+    return [n for n in names if fnmatch.fnmatch(n, pattern)]
+
+
+def is_model(name: str, models_dir: Path | None = None) -> bool:
+    return name in _dockerfiles(models_dir or constants.MODELS_DIR)
+
+
+@lru_cache(maxsize=None)
+def _cached_spec(path: Path, mtime: float) -> ModelSpec:
+    return parse_dockerfile(path)
+
+
+def get_spec(name: str, models_dir: Path | None = None) -> ModelSpec:
+    """The spec of model ``name``; :class:`UnknownModelError` lists the known ones."""
+    files = _dockerfiles(models_dir or constants.MODELS_DIR)
+    if name not in files:
+        raise UnknownModelError(name, sorted(files))
+    path = files[name]
+    return _cached_spec(path, path.stat().st_mtime)

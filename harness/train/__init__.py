@@ -1,0 +1,1 @@
+"""Training loops (the frozen strategy: a decoder on served features)."""

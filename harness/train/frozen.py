@@ -1,0 +1,130 @@
+"""Train a decoder on frozen token grids, select it on validation, score it on test.
+
+The backbone is not here: its features were extracted once through the runtime (the
+reference's val/test transform is a plain resize, and ``augment=none`` keeps training
+inputs fixed too), so every epoch costs only the decoder. This is the ``frozen``
+strategy of the reference protocol; losses, optimiser and schedule follow
+``protocol.md`` and are set by :class:`~harness.config.RunConfig`.
+"""
+
+from __future__ import annotations
+
+import copy
+import math
+from collections.abc import Callable
+from dataclasses import dataclass
+
+import numpy as np
+import torch
+import torch.nn.functional as F
+
+from harness.adapt.decoders import build_decoder
+from harness.config import RunConfig
+from harness.metrics.segmentation import SegmentationReport, evaluate, per_image_confusion, scores
+
+
+def dice_loss(logits: torch.Tensor, target: torch.Tensor, ignore_index: int = 255, smooth: float = 1e-5) -> torch.Tensor:
+    """Soft Dice over softmax probabilities, per image and class (background included), averaged.
+
+    As the reference ``DiceLoss``, except that ignore-index pixels are masked out
+    instead of crashing ``one_hot`` (protocol.md, bug 6).
+    """
+    num_classes = logits.shape[1]
+    valid = (target != ignore_index).unsqueeze(1).float()
+    onehot = F.one_hot(target.clamp(max=num_classes - 1).long(), num_classes).permute(0, 3, 1, 2).float() * valid
+    probs = logits.softmax(1) * valid
+    inter = (probs * onehot).sum((2, 3))
+    denom = probs.sum((2, 3)) + onehot.sum((2, 3))
+    return 1 - ((2 * inter + smooth) / (denom + smooth)).mean()
+
+
+def lr_factor(epoch: int, cfg: RunConfig) -> float:
+    """Learning-rate multiplier of a 0-based epoch.
+
+    ``densebench`` reproduces the reference: warmup factor ``epoch / warmup`` from epoch
+    0 (so the first epoch runs at LR 0) and a cosine with ``T_max`` fixed at 100 whatever
+    the epoch count (so LR reaches 0 at epoch 100 and rises after). ``cosine`` warms up
+    linearly from ``1 / warmup`` and anneals to 0 exactly at the last epoch.
+    """
+    w = cfg.warmup_epochs
+    if cfg.schedule == "densebench":
+        warm = epoch / w if w and epoch < w else 1.0
+        return warm * 0.5 * (1 + math.cos(math.pi * epoch / (cfg.cosine_t_max or 100)))
+    if w and epoch < w:
+        return (epoch + 1) / w
+    span = max(1, cfg.epochs - w)
+    return 0.5 * (1 + math.cos(math.pi * (epoch - w) / span))
+
+
+@dataclass
+class SplitFeatures:
+    tokens: np.ndarray  # fp16 [N, L, h, w, D]
+    masks: np.ndarray  # uint8 [N, S, S]
+
+
+@dataclass
+class FrozenResult:
+    test: SegmentationReport
+    best_epoch: int
+    best_val: float
+    history: list[dict[str, float]]
+
+
+ProgressFn = Callable[[int, dict[str, float]], None]
+
+
+def _predict(decoder: torch.nn.Module, tokens: np.ndarray, batch_size: int) -> np.ndarray:
+    decoder.eval()
+    out = []
+    with torch.inference_mode():
+        for i in range(0, len(tokens), batch_size):
+            out.append(decoder(torch.from_numpy(tokens[i:i + batch_size])).argmax(1).to(torch.uint8).numpy())
+    return np.concatenate(out)
+
+
+def train_frozen(
+    cfg: RunConfig,
+    train: SplitFeatures,
+    val: SplitFeatures,
+    test: SplitFeatures,
+    num_classes: int,
+    patch_size: int,
+    ignore_index: int = 255,
+    on_epoch: ProgressFn | None = None,
+) -> FrozenResult:
+    torch.manual_seed(cfg.seed)
+    n_blocks, embed_dim = train.tokens.shape[1], train.tokens.shape[-1]
+    decoder = build_decoder(cfg.decoder, embed_dim, n_blocks, num_classes, patch_size)
+    opt = torch.optim.Adam(decoder.parameters(), lr=cfg.lr, betas=(0.9, 0.999), weight_decay=cfg.weight_decay)
+    gen = torch.Generator().manual_seed(cfg.seed)
+    best_val, best_epoch, best_state = -1.0, -1, copy.deepcopy(decoder.state_dict())
+    history = []
+    for epoch in range(cfg.epochs):
+        for group in opt.param_groups:
+            group["lr"] = cfg.lr * lr_factor(epoch, cfg)
+        decoder.train()
+        order = torch.randperm(len(train.tokens), generator=gen).numpy()
+        losses = []
+        for i in range(0, len(order), cfg.batch_size):
+            idx = np.sort(order[i:i + cfg.batch_size])
+            logits = decoder(torch.from_numpy(train.tokens[idx]))
+            loss = dice_loss(logits, torch.from_numpy(train.masks[idx]).long(), ignore_index)
+            opt.zero_grad(set_to_none=True)
+            loss.backward()
+            if cfg.grad_clip:
+                torch.nn.utils.clip_grad_norm_(decoder.parameters(), cfg.grad_clip)
+            opt.step()
+            losses.append(loss.item())
+        val_pred = _predict(decoder, val.tokens, cfg.batch_size)
+        val_scores = scores(per_image_confusion(val_pred, val.masks, num_classes, ignore_index).sum(0))
+        selected = val_scores[cfg.select_metric]
+        if selected > best_val:  # strict >, as the reference: ties keep the earlier epoch
+            best_val, best_epoch, best_state = selected, epoch, copy.deepcopy(decoder.state_dict())
+        record = {"epoch": epoch, "loss": float(np.mean(losses)) if losses else float("nan"), "lr": opt.param_groups[0]["lr"], **{f"val_{k}": v for k, v in val_scores.items()}}
+        history.append(record)
+        if on_epoch:
+            on_epoch(epoch, record)
+    decoder.load_state_dict(best_state)
+    test_pred = _predict(decoder, test.tokens, cfg.batch_size)
+    report = evaluate(per_image_confusion(test_pred, test.masks, num_classes, ignore_index), n_boot=cfg.n_bootstrap, seed=cfg.seed)
+    return FrozenResult(test=report, best_epoch=best_epoch, best_val=best_val, history=history)

@@ -1,0 +1,56 @@
+"""Test session setup: isolated data/results/cache dirs, and helpers to find leftover processes."""
+
+from __future__ import annotations
+
+import os
+import tempfile
+from pathlib import Path
+
+_SESSION = Path(tempfile.mkdtemp(prefix="pfmbench-tests-"))
+# Set before harness.constants is imported anywhere.
+os.environ.setdefault("PFMBENCH_DATA", str(_SESSION / "data"))
+os.environ.setdefault("PFMBENCH_RESULTS", str(_SESSION / "results"))
+os.environ.setdefault("HF_HUB_CACHE", str(_SESSION / "hub"))
+os.environ["HF_HUB_DISABLE_TELEMETRY"] = "1"
+os.environ.pop("HF_TOKEN", None)
+os.environ.pop("HUGGING_FACE_HUB_TOKEN", None)
+
+import pytest  # noqa: E402
+
+
+def processes() -> list[tuple[int, int, str]]:
+    """(pid, pgid, cmdline) of every live process, read from /proc."""
+    out = []
+    for entry in Path("/proc").iterdir():
+        if not entry.name.isdigit():
+            continue
+        try:
+            cmd = (entry / "cmdline").read_bytes().replace(b"\0", b" ").decode(errors="replace").strip()
+            stat = (entry / "stat").read_text()
+            fields = stat.rsplit(")", 1)[1].split()
+            if fields[0] == "Z":
+                continue
+            out.append((int(entry.name), int(fields[2]), cmd))
+        except (OSError, IndexError):
+            continue
+    return out
+
+
+def server_processes() -> list[tuple[int, int, str]]:
+    return [p for p in processes() if "harness.serve" in p[2] or "tritonserver" in p[2] or "triton_python_backend_stub" in p[2]]
+
+
+@pytest.fixture
+def no_leftover_servers():
+    """Fails the test if it leaves a model server, Triton or backend stub process running."""
+    before = {p[0] for p in server_processes()}
+    yield
+    import time
+
+    deadline = time.monotonic() + 10
+    while True:
+        left = [p for p in server_processes() if p[0] not in before]
+        if not left or time.monotonic() > deadline:
+            break
+        time.sleep(0.2)
+    assert not left, f"orphan server processes: {left}"

@@ -1,0 +1,103 @@
+"""The product as a user drives it: `pfmbench` in a subprocess, through a real Triton server."""
+
+from __future__ import annotations
+
+import os
+import signal
+import subprocess
+import sys
+import time
+from pathlib import Path
+
+import pytest
+
+from harness.results.store import read_rows
+
+from conftest import processes, server_processes
+
+METRIC_COLUMNS = ("mIoU", "mDice", "mIoU_nobg", "mDice_nobg", "pixel_accuracy", "mIoU_ci_low", "mIoU_ci_high", "per_class_iou")
+
+
+def pfmbench(*args: str, **kw) -> subprocess.Popen:
+    return subprocess.Popen([sys.executable, "-m", "harness.cli", *args], stdout=subprocess.PIPE, stderr=subprocess.PIPE, text=True, **kw)
+
+
+def run(*args: str, timeout: float = 600) -> subprocess.CompletedProcess:
+    proc = pfmbench(*args)
+    out, err = proc.communicate(timeout=timeout)
+    return subprocess.CompletedProcess(proc.args, proc.returncode, out, err)
+
+
+def test_unknown_model_is_one_line_listing_the_models():
+    res = run("bench", "--model", "nosuch", "--dataset", "nuclei-sample")
+    assert res.returncode == 1
+    lines = res.stderr.strip().splitlines()
+    assert len(lines) == 1, res.stderr
+    assert lines[0].startswith("error: unknown model 'nosuch'; known models: ") and "phikon" in lines[0] and "uni" in lines[0]
+
+
+def test_bench_writes_one_row_and_is_deterministic(tmp_path, no_leftover_servers):
+    args = ("bench", "-m", "phikon", "-d", "nuclei-sample", "--weights", "random", "--runtime", "local",
+            "--epochs", "3", "--seed", "7", "--no-progress", "--results-dir", str(tmp_path))
+    first = run(*args)
+    assert first.returncode == 0, first.stderr
+    assert "mDice" in first.stdout and "neoplastic" in first.stdout and "untrained" in first.stdout
+    second = run(*args)
+    assert second.returncode == 0, second.stderr
+    rows = read_rows(tmp_path)
+    assert len(rows) == 2
+    a, b = rows
+    for col in METRIC_COLUMNS:
+        assert a[col] == b[col], col
+    assert a["run_key"] == b["run_key"] and a["row_id"] != b["row_id"]
+    assert a["weights"] == "random" and a["runtime"] == "local" and a["transfer"] == "shm"
+    assert a["split_sizes"] == [25, 7, 4] and a["input_size"] == 224 and a["blocks"] == [11]
+    assert 0.0 <= a["mIoU"] <= 1.0 and a["mIoU_ci_low"] <= a["mIoU"] <= a["mIoU_ci_high"]
+    listing = run("results", "--results-dir", str(tmp_path))
+    assert listing.returncode == 0 and listing.stdout.count("phikon") == 2
+
+
+def _server_child(parent: int) -> int | None:
+    for pid, _, cmd in processes():
+        if "harness.serve" in cmd:
+            try:
+                ppid = int(Path(f"/proc/{pid}/stat").read_text().rsplit(")", 1)[1].split()[1])
+            except OSError:
+                continue
+            if ppid == parent:
+                return pid
+    return None
+
+
+def _start_and_wait_for_extraction(results: Path) -> subprocess.Popen:
+    """Start a bench and return once features are flowing through shared memory."""
+    proc = pfmbench("bench", "-m", "phikon", "-d", "synthetic-tissue", "--runtime", "local", "--epochs", "1",
+                    "--no-progress", "--results-dir", str(results))
+    deadline = time.monotonic() + 180
+    while not list(Path("/dev/shm").glob(f"pfm_{proc.pid}_*")):
+        assert proc.poll() is None, proc.communicate()[1]
+        assert time.monotonic() < deadline, "extraction never started"
+        time.sleep(0.1)
+    return proc
+
+
+def test_server_killed_mid_run_fails_cleanly(tmp_path, no_leftover_servers):
+    proc = _start_and_wait_for_extraction(tmp_path)
+    server = _server_child(proc.pid)
+    assert server is not None
+    os.kill(server, signal.SIGKILL)
+    _, err = proc.communicate(timeout=120)
+    assert proc.returncode == 1
+    lines = [line for line in err.strip().splitlines() if line.startswith("error:")]
+    assert len(lines) == 1 and "stopped (signal 9)" in lines[0], err
+    assert read_rows(tmp_path) == []
+    assert not list(Path("/dev/shm").glob(f"pfm_{proc.pid}_*"))
+
+
+def test_ctrl_c_mid_run_stops_the_server(tmp_path, no_leftover_servers):
+    proc = _start_and_wait_for_extraction(tmp_path)
+    proc.send_signal(signal.SIGINT)
+    proc.communicate(timeout=120)
+    assert proc.returncode != 0
+    assert read_rows(tmp_path) == []
+    assert not [p for p in server_processes() if _server_child(proc.pid)]

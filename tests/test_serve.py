@@ -1,0 +1,79 @@
+"""A real Triton server (PyTriton, local runtime): parity with in-process, transfer paths, failures."""
+
+from __future__ import annotations
+
+import os
+import signal
+from pathlib import Path
+
+import numpy as np
+import pytest
+
+from harness.errors import ServerDiedError, ServerError
+from harness.runtime import InProcessRuntime, LocalRuntime
+from harness.spec import get_spec
+from harness.weights import ResolvedWeights
+
+from conftest import server_processes
+
+RNG = np.random.default_rng(0)
+IMAGES = RNG.integers(0, 256, (5, 224, 224, 3), dtype=np.uint8)
+
+
+def _shm_regions() -> list[str]:
+    return [p.name for p in Path("/dev/shm").glob(f"pfm_{os.getpid()}_*")]
+
+
+@pytest.fixture(scope="module")
+def phikon_reference():
+    with InProcessRuntime(get_spec("phikon"), ResolvedWeights.random()) as rt:
+        return {blocks: rt.infer(IMAGES, blocks) for blocks in [(11,), (4, 11)]}
+
+
+@pytest.mark.parametrize("transfer", ["shm", "grpc"])
+def test_served_features_equal_inprocess(transfer, phikon_reference, no_leftover_servers):
+    with LocalRuntime(get_spec("phikon"), ResolvedWeights.random(), transfer=transfer) as rt:
+        for blocks, (ref_tokens, ref_cls) in phikon_reference.items():
+            tokens, cls = rt.infer(IMAGES, blocks)
+            assert tokens.shape == (5, len(blocks), 14, 14, 768) and tokens.dtype == np.float16
+            assert np.abs(tokens.astype(np.float32) - ref_tokens.astype(np.float32)).max() <= 1e-3
+            assert np.abs(cls.astype(np.float32) - ref_cls.astype(np.float32)).max() <= 1e-3
+        tokens, _ = rt.infer(IMAGES[:2, :160, :96], (11,))  # non-square, smaller than native
+        assert tokens.shape == (2, 1, 10, 6, 768)
+        assert rt.transfer == transfer
+        assert rt.health()
+    assert _shm_regions() == []
+
+
+def test_uni_timm_served_equals_inprocess(no_leftover_servers):
+    spec = get_spec("uni")
+    imgs = IMAGES[:2]
+    with InProcessRuntime(spec, ResolvedWeights.random()) as rt:
+        ref, _ = rt.infer(imgs, (23,))
+    with LocalRuntime(spec, ResolvedWeights.random()) as rt:
+        tokens, _ = rt.infer(imgs, (23,))
+        assert rt.transfer == "shm"
+    assert np.abs(tokens.astype(np.float32) - ref.astype(np.float32)).max() <= 1e-3
+
+
+def test_killed_server_gives_a_clear_error_and_no_orphans(no_leftover_servers):
+    rt = LocalRuntime(get_spec("phikon"), ResolvedWeights.random())
+    with pytest.raises(ServerDiedError) as exc:
+        with rt:
+            rt.infer(IMAGES[:1], (11,))
+            group = rt.proc.pid
+            os.kill(rt.proc.pid, signal.SIGKILL)
+            rt.infer(IMAGES[:1], (11,))
+    assert "stopped (signal 9)" in exc.value.one_line()
+    assert rt.proc is None
+    assert not [p for p in server_processes() if p[1] == group]
+    assert _shm_regions() == []
+
+
+def test_server_that_cannot_start_reports_its_log(tmp_path, no_leftover_servers):
+    bad = ResolvedWeights(kind="dir", path=tmp_path / "missing.safetensors", sha256="0" * 64)
+    rt = LocalRuntime(get_spec("phikon"), bad, startup_timeout_s=120)
+    with pytest.raises(ServerError, match="exited with code 1 while starting; log tail: .*does not exist"):
+        with rt:
+            pass
+    assert rt.proc is None

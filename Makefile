@@ -15,12 +15,14 @@ SEED     ?= 42
 PRESET   ?= densebench
 PYTEST_ARGS ?=
 
-.PHONY: setup bench test lock clean help
+.PHONY: setup bench test perf images base-offline lock clean help
 
 help:
 	@echo "make setup                      create $(VENV) from requirements.lock"
 	@echo "make bench MODEL=.. DATASET=..  one leaderboard row [STRATEGY WEIGHTS=random|hub|<dir> RUNTIME=auto|docker|local|inprocess EPOCHS SEED PRESET]"
 	@echo "make test                       the test suite"
+	@echo "make perf                       served vs in-process extraction throughput (JSON in .perf/)"
+	@echo "make images                     build pfmbench/base and every model image (docs/docker.md)"
 	@echo "make lock                       rewrite requirements.lock from the current venv"
 
 $(BIN)/.installed: requirements.lock pyproject.toml
@@ -38,8 +40,17 @@ bench: setup
 test: setup
 	$(BIN)/python -m pytest $(PYTEST_ARGS)
 
+perf: setup
+	$(BIN)/pfmbench perf --models phikon,uni --batches 32 --sizes 224 --iters 3 --out .perf/perf.json
+
+images: setup
+	$(BIN)/pfmbench images build
+
+base-offline:
+	models/_base/offline-base.sh local/debian:bookworm
+
 lock:
-	{ sed -n '1,4p' requirements.lock; $(BIN)/python -m pip freeze --exclude-editable | grep -v '^pfmbench'; } > requirements.lock.new
+	{ sed -n '1,4p' requirements.lock; $(BIN)/python -m pip freeze --all --exclude-editable | grep -v '^pfmbench\|^pip=='; } > requirements.lock.new
 	mv requirements.lock.new requirements.lock
 
 clean:

@@ -61,6 +61,8 @@ def run_bench(
     data_dir: Path | None = None,
     show_progress: bool = False,
     write: bool = True,
+    endpoint: str | None = None,
+    image: str | None = None,
 ) -> ResultRow:
     """Run one configuration end to end and (by default) append its row to the results store."""
     started = time.perf_counter()
@@ -77,7 +79,8 @@ def run_bench(
     data = _load_splits(card, size, data_dir)
     torch.manual_seed(cfg.seed)
 
-    with make_runtime(cfg.runtime, spec, weights) as runtime, progress_bar(show_progress) as bar:
+    runtime_kwargs = {"image": image} if image else {}
+    with make_runtime(cfg.runtime, spec, weights, endpoint=endpoint, **runtime_kwargs) as runtime, progress_bar(show_progress) as bar:
         total = sum(len(d.images) for d in data.values())
         task = bar.add_task(f"features {spec.name} ({runtime.name})", total=total, info=f"{size}px blocks {list(blocks)}")
         feats = {

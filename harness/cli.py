@@ -30,8 +30,10 @@ app = typer.Typer(
 )
 models_app = typer.Typer(help="List and inspect models (one models/<name>/Dockerfile each).", no_args_is_help=False)
 data_app = typer.Typer(help="List, inspect and prepare datasets (one dataset_cards/<name>.yaml each).", no_args_is_help=True)
+images_app = typer.Typer(help="Build, push and pull model images (models/images.lock pins them by digest).", no_args_is_help=True)
 app.add_typer(models_app, name="models")
 app.add_typer(data_app, name="data")
+app.add_typer(images_app, name="images")
 
 out = Console()
 if not out.is_terminal:  # piped or captured: do not squeeze tables into 80 columns
@@ -75,6 +77,7 @@ def bench(
     batch_size: Annotated[Optional[int], typer.Option(help="Decoder batch size (default 8).")] = None,
     lr: Annotated[Optional[float], typer.Option(help="Learning rate (default 1e-3).")] = None,
     input_size: Annotated[Optional[int], typer.Option(help="Square input size (default: the card's rule for the model's patch size).")] = None,
+    endpoint: Annotated[Optional[str], typer.Option(help="host:port of a running feature server (e.g. from compose/serve.yml); nothing is started.")] = None,
     results_dir: ResultsOpt = None,
     data_dir: DataDirOpt = None,
     progress: Annotated[bool, typer.Option(help="Show progress bars.")] = True,
@@ -84,11 +87,13 @@ def bench(
 
     block_list = tuple(int(b) for b in blocks.split(",")) if blocks else None
     cfg, why = resolve_config(
-        model, dataset, runtime=runtime, preset=preset, strategy=strategy, weights=weights, epochs=epochs, seed=seed,
-        decoder=decoder, blocks=block_list, batch_size=batch_size, lr=lr, input_size=input_size,
+        model, dataset, runtime="endpoint" if endpoint else runtime, preset=preset, strategy=strategy, weights=weights, epochs=epochs,
+        seed=seed, decoder=decoder, blocks=block_list, batch_size=batch_size, lr=lr, input_size=input_size,
     )
+    if endpoint:
+        why = f"the server at {endpoint}"
     out.print(f"[dim]{model} on {dataset}: {cfg.strategy}, {cfg.epochs} epochs, preset {cfg.preset}, weights {cfg.weights}; {why}[/dim]")
-    row = run_bench(cfg, results_dir=results_dir, data_dir=data_dir, show_progress=progress)
+    row = run_bench(cfg, results_dir=results_dir, data_dir=data_dir, show_progress=progress, endpoint=endpoint)
     _print_row(row.model_dump())
     out.print(f"row {row.row_id} written to {(results_dir or constants.RESULTS_DIR) / 'rows'} (wall {row.wall_time_s:.1f} s, transfer {row.transfer})")
 
@@ -192,6 +197,97 @@ def results(
         t.add_column(col)
     for r in rel.fetchall():
         t.add_row(*[f"{v:.4f}" if isinstance(v, float) else ("sha256:" + v[7:19] + "..." if isinstance(v, str) and v.startswith("sha256:") else str(v)) for v in r])
+    out.print(t)
+
+
+@app.command(epilog="Example: pfmbench reproduce 3f2a9c1e07bd")
+def reproduce(
+    row_id: Annotated[str, typer.Argument(help="The row to re-run (see 'pfmbench results').")],
+    results_dir: ResultsOpt = None,
+    data_dir: DataDirOpt = None,
+    write: Annotated[bool, typer.Option(help="Also append the new row to the store.")] = False,
+) -> None:
+    """Re-run a row's configuration in the image it ran in (pulled by digest if missing) and print the deltas."""
+    from harness.reproduce import reproduce as run_reproduce
+
+    old, new = run_reproduce(row_id, results_dir=results_dir, data_dir=data_dir, write=write, log=lambda m: out.print(f"[dim]{m}[/dim]"))
+    from harness.results.schema import METRICS
+
+    t = Table(title=f"reproduce {row_id}: {old['model']} on {old['dataset']} ({new.runtime}, {new.image_digest or 'no image'})")
+    for col in ("metric", "stored", "now", "delta"):
+        t.add_column(col, justify="right" if col != "metric" else "left")
+    for m in METRICS:
+        t.add_row(m, f"{old[m]:.6f}", f"{getattr(new, m):.6f}", f"{getattr(new, m) - old[m]:+.2e}")
+    out.print(t)
+    same = all(getattr(new, m) == old[m] for m in METRICS)
+    out.print("[green]identical metrics[/green]" if same else "[yellow]metrics differ[/yellow]")
+    if not same:
+        raise typer.Exit(2)
+
+
+@images_app.command("build")
+def images_build(
+    models: Annotated[Optional[list[str]], typer.Argument(help="Models to build (default: all).", autocompletion=_model_names)] = None,
+    base_from: Annotated[str, typer.Option(help="FROM of the base image; offline: local/debian:bookworm (models/_base/offline-base.sh).")] = "",
+    base_only: Annotated[bool, typer.Option(help="Build only pfmbench/base.")] = False,
+    skip_base: Annotated[bool, typer.Option(help="Reuse the existing pfmbench/base.")] = False,
+) -> None:
+    """Build pfmbench/base (hermetic, from a wheelhouse of requirements.lock) and the model images."""
+    from harness import images
+    from harness.spec import list_models
+
+    if not skip_base:
+        images.build_base(base_from or images.DEFAULT_BASE_FROM, log=out.print)
+    if not base_only:
+        for m in models or list_models():
+            images.build_model(m, log=out.print)
+
+
+@images_app.command("push")
+def images_push(
+    models: Annotated[list[str], typer.Argument(autocompletion=_model_names)],
+    registry: Annotated[str, typer.Option(help="Registry host/namespace (default $PFMBENCH_REGISTRY).")] = "",
+) -> None:
+    """Push model images and record their digests in models/images.lock."""
+    from harness import images
+
+    for m in models:
+        entry = images.push(m, registry or images.DEFAULT_REGISTRY, log=out.print)
+        out.print(f"{m}: {entry['image']}@{entry['digest']}")
+
+
+@images_app.command("pull")
+def images_pull(models: Annotated[list[str], typer.Argument(autocompletion=_model_names)]) -> None:
+    """Pull the locked digest of each model (models/images.lock)."""
+    from harness import images
+
+    for m in models:
+        image = images.pull(m, log=out.print)
+        out.print(f"{m}: {images.image_identity(image)}")
+
+
+@app.command(epilog="Example: pfmbench perf --models phikon --batches 32 --sizes 224 --out .perf/cpu.json")
+def perf(
+    models: Annotated[str, typer.Option(help="Comma-separated models.")] = "phikon",
+    batches: Annotated[str, typer.Option(help="Comma-separated batch sizes.")] = "8,32",
+    sizes: Annotated[str, typer.Option(help="Comma-separated square input sizes.")] = "224",
+    modes: Annotated[str, typer.Option(help="Comma-separated: inprocess, shm, grpc.")] = "inprocess,shm,grpc",
+    iters: Annotated[int, typer.Option(help="Timed calls per cell (after one warm-up).")] = 3,
+    device: Annotated[Optional[str], typer.Option(help="cpu | cuda (default: cuda if available).")] = None,
+    out_json: Annotated[Path, typer.Option("--out", help="Where to write the JSON results.")] = Path(".perf/perf.json"),
+) -> None:
+    """Measure token-extraction throughput in-process and served through Triton (shm, gRPC), side by side."""
+    from harness.perf import run_perf, write_json
+
+    res = run_perf(models.split(","), [int(b) for b in batches.split(",")], [int(s) for s in sizes.split(",")],
+                   tuple(modes.split(",")), iters, device, log=out.print)
+    write_json(res, out_json, device)
+    t = Table(title=f"token extraction throughput ({out_json})")
+    for col in ("model", "mode", "batch", "px", "img/s", "p50 ms", "p90 ms", "out MB/s", "vs in-process"):
+        t.add_column(col, justify="right")
+    for r in res:
+        t.add_row(r.model, r.mode, str(r.batch), str(r.size), f"{r.images_per_s:.1f}", f"{r.p50_ms:.1f}", f"{r.p90_ms:.1f}",
+                  f"{r.out_mb_per_s:.1f}", "-" if r.ratio_to_inprocess is None else f"{r.ratio_to_inprocess:.3f}")
     out.print(t)
 
 

@@ -18,6 +18,14 @@ os.environ.pop("HUGGING_FACE_HUB_TOKEN", None)
 import pytest  # noqa: E402
 
 
+def free_port() -> int:
+    import socket
+
+    with socket.socket() as s:
+        s.bind(("127.0.0.1", 0))
+        return s.getsockname()[1]
+
+
 def processes() -> list[tuple[int, int, str]]:
     """(pid, pgid, cmdline) of every live process, read from /proc."""
     out = []

@@ -47,10 +47,15 @@ class TokenExtractor(nn.Module, abc.ABC):
 
     @torch.inference_mode()
     def extract(self, images: np.ndarray, blocks: tuple[int, ...] | None = None) -> tuple[np.ndarray, np.ndarray]:
-        """uint8 numpy in, fp16 numpy out: what the server returns for the same batch."""
-        x = self.preprocess(torch.from_numpy(np.ascontiguousarray(images)))
-        tokens, cls = self(x, blocks)
-        return tokens.to(torch.float16).numpy(), cls.to(torch.float16).numpy()
+        """uint8 numpy in, fp16 numpy out: the server and the in-process runtime both call this.
+
+        On a GPU the forward runs under bf16 autocast; on CPU in float32.
+        """
+        device = self.mean.device
+        x = self.preprocess(torch.from_numpy(np.ascontiguousarray(images)).to(device, non_blocking=True))
+        with torch.autocast(device.type, dtype=torch.bfloat16, enabled=device.type == "cuda"):
+            tokens, cls = self(x, blocks)
+        return tokens.to(torch.float16).cpu().numpy(), cls.to(torch.float16).cpu().numpy()
 
     @abc.abstractmethod
     def _tokens(self, x: torch.Tensor, blocks: tuple[int, ...]) -> tuple[list[torch.Tensor], list[torch.Tensor]]:

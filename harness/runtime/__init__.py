@@ -40,7 +40,11 @@ def choose_runtime(name: RuntimeName) -> tuple[str, str]:
     return "local", f"runtime local ({why}; the model server runs as a local subprocess)"
 
 
-def make_runtime(name: str, spec: ModelSpec, weights: ResolvedWeights, **kwargs: object) -> Runtime:
+def make_runtime(name: str, spec: ModelSpec, weights: ResolvedWeights, endpoint: str | None = None, **kwargs: object) -> Runtime:
+    if endpoint:
+        from harness.runtime.endpoint import EndpointRuntime
+
+        return EndpointRuntime(spec, weights, endpoint)
     if name == "local":
         return LocalRuntime(spec, weights, **kwargs)  # type: ignore[arg-type]
     if name == "inprocess":
@@ -48,7 +52,7 @@ def make_runtime(name: str, spec: ModelSpec, weights: ResolvedWeights, **kwargs:
     if name == "docker":
         ok, why = docker_available()
         if not ok:
-            raise RuntimeUnavailableError(f"RUNTIME=docker needs a Docker daemon: {why}", "start dockerd (see docs/docker.md) or use RUNTIME=local")
+            raise RuntimeUnavailableError(f"RUNTIME=docker needs a Docker daemon: {why}", "start dockerd and set DOCKER_HOST (see docs/docker.md), or use RUNTIME=local")
         from harness.runtime.docker import DockerRuntime
 
         return DockerRuntime(spec, weights, **kwargs)  # type: ignore[arg-type]

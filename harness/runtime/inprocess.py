@@ -3,9 +3,12 @@
 from __future__ import annotations
 
 import numpy as np
+import torch
 
 from harness.builders import TokenExtractor, build_extractor
 from harness.runtime.base import Runtime
+from harness.spec import ModelSpec
+from harness.weights import ResolvedWeights
 
 
 class InProcessRuntime(Runtime):
@@ -13,8 +16,12 @@ class InProcessRuntime(Runtime):
 
     _extractor: TokenExtractor | None = None
 
+    def __init__(self, spec: ModelSpec, weights: ResolvedWeights, device: str | None = None) -> None:
+        super().__init__(spec, weights)
+        self.device = device or ("cuda" if torch.cuda.is_available() else "cpu")
+
     def start(self) -> None:
-        self._extractor = build_extractor(self.spec, self.weights)
+        self._extractor = build_extractor(self.spec, self.weights).to(self.device)
 
     def health(self) -> bool:
         return self._extractor is not None

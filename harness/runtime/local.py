@@ -18,15 +18,11 @@ import subprocess
 import sys
 import sysconfig
 import tempfile
-import time
 from pathlib import Path
 
-import numpy as np
-
 from harness import constants
-from harness.client.triton import FeatureClient, Transfer
-from harness.errors import ServerDiedError, ServerError
-from harness.runtime.base import Runtime
+from harness.client.triton import Transfer
+from harness.runtime.served import ServedRuntime
 from harness.spec import ModelSpec
 from harness.weights import ResolvedWeights
 
@@ -79,7 +75,7 @@ def log_tail(path: Path, lines: int = 15) -> str:
         return ""
 
 
-class LocalRuntime(Runtime):
+class LocalRuntime(ServedRuntime):
     name = "local"
 
     def __init__(
@@ -90,18 +86,10 @@ class LocalRuntime(Runtime):
         transfer: Transfer = "auto",
         device: str | None = None,
     ) -> None:
-        super().__init__(spec, weights)
-        self.startup_timeout_s = startup_timeout_s
-        self._transfer = transfer
+        super().__init__(spec, weights, startup_timeout_s, transfer)
         self.device = device
         self.proc: subprocess.Popen[bytes] | None = None
-        self.client: FeatureClient | None = None
         self.log_path: Path | None = None
-        self._failed = False
-
-    @property
-    def transfer(self) -> str:
-        return self.client.active_transfer if self.client else self._transfer
 
     def _command(self, ports: list[int]) -> list[str]:
         http, grpc, metrics = ports
@@ -124,70 +112,25 @@ class LocalRuntime(Runtime):
                 self._command(ports), stdout=logf, stderr=subprocess.STDOUT, stdin=subprocess.DEVNULL,
                 env=server_env(token), start_new_session=True, preexec_fn=_die_with_parent,
             )
-        proc = self.proc
-        self.client = FeatureClient(f"127.0.0.1:{ports[1]}", self.spec, token=token, transfer=self._transfer, alive=lambda: proc.poll() is None)
+        self._connect(f"127.0.0.1:{ports[1]}", token)
         log.info("local server for %s: pid %d, grpc 127.0.0.1:%d", self.spec.name, self.proc.pid, ports[1])
         self._wait_ready()
 
-    def _wait_ready(self) -> None:
-        assert self.proc and self.client
-        deadline = time.monotonic() + self.startup_timeout_s
-        while time.monotonic() < deadline:
-            if self.proc.poll() is not None:
-                self._failed = True
-                raise ServerError(
-                    f"the model server for '{self.spec.name}' exited with code {self.proc.returncode} while starting; "
-                    f"log tail: {' | '.join(log_tail(self.log_path, 5).splitlines())}",
-                    f"see the full log at {self.log_path}",
-                )
-            if self.client.ready():
-                return
-            time.sleep(0.25)
-        self._failed = True
-        raise ServerError(
-            f"the model server for '{self.spec.name}' did not become healthy within {self.startup_timeout_s:.0f} s; "
-            f"log tail: {' | '.join(log_tail(self.log_path, 5).splitlines())}",
-            f"see {self.log_path}; a large model on CPU may need a longer startup timeout",
-        )
+    def alive(self) -> bool:
+        return self.proc is not None and self.proc.poll() is None
 
-    def health(self) -> bool:
-        return self.proc is not None and self.proc.poll() is None and self.client is not None and self.client.ready()
+    def exit_status(self) -> int | None:
+        return self.proc.returncode if self.proc else None
 
-    def _dead(self, grace_s: float = 8.0) -> bool:
-        """Whether the server process has exited (waiting briefly: Triton dies a few seconds after it)."""
-        assert self.proc
-        deadline = time.monotonic() + grace_s
-        while time.monotonic() < deadline:
-            if self.proc.poll() is not None:
-                return True
-            if self.client and self.client.ready():
-                return False
-            time.sleep(0.2)
-        return self.proc.poll() is not None
+    def logs(self, lines: int = 15) -> str:
+        return log_tail(self.log_path, lines) if self.log_path else ""
 
-    def infer(self, images: np.ndarray, blocks: tuple[int, ...]) -> tuple[np.ndarray, np.ndarray]:
-        assert self.proc and self.client, "start() the runtime first"
-        if self.proc.poll() is not None:
-            self._failed = True
-            raise ServerDiedError(self.spec.name, self.proc.returncode, log_tail(self.log_path))
-        try:
-            return self.client.infer(images, blocks)
-        except Exception as exc:
-            self._failed = True
-            if self._dead():
-                raise ServerDiedError(self.spec.name, self.proc.returncode, log_tail(self.log_path)) from exc
-            raise ServerError(
-                f"the model server for '{self.spec.name}' failed a request: {str(exc).splitlines()[0]}",
-                f"see the server log at {self.log_path}",
-            ) from exc
+    @property
+    def where_logs(self) -> str:
+        return f"the full log at {self.log_path}"
 
     def stop(self) -> None:
-        if self.client is not None:
-            try:
-                self.client.close()
-            except Exception:  # the server may already be gone; regions are still unlinked
-                pass
-            self.client = None
+        self._close_client()
         proc, self.proc = self.proc, None
         if proc is not None:
             _stop_group(proc)

@@ -28,18 +28,12 @@ def make_infer_fn(spec: ModelSpec, weights: ResolvedWeights, device: str):
     from pytriton.decorators import batch, group_by_values
 
     extractor = build_extractor(spec, weights).to(device)
-    amp = torch.autocast("cuda", dtype=torch.bfloat16) if device.startswith("cuda") else torch.autocast("cpu", enabled=False)
 
     @batch
     @group_by_values(protocol.BLOCKS)
     def infer(images: np.ndarray, blocks: np.ndarray) -> dict[str, np.ndarray]:
-        with torch.inference_mode(), amp:
-            x = extractor.preprocess(torch.from_numpy(images).to(device, non_blocking=True))
-            tokens, cls = extractor(x, tuple(int(b) for b in blocks[0]))
-        return {
-            protocol.TOKENS: tokens.to(torch.float16).cpu().numpy(),
-            protocol.CLS: cls.to(torch.float16).cpu().numpy(),
-        }
+        tokens, cls = extractor.extract(images, tuple(int(b) for b in blocks[0]))
+        return {protocol.TOKENS: tokens, protocol.CLS: cls}
 
     return infer
 

@@ -1,0 +1,126 @@
+"""The model server in its own container, through the docker SDK.
+
+Each run gets a uniquely named container (runs can go side by side) that is removed on
+every exit path. Triton's ports are published on 127.0.0.1 only, on ports Docker picks.
+The container shares the host's IPC namespace so the client's shared-memory regions are
+visible to the server (a private /dev/shm makes registration fail); it runs as the
+image's non-root user; weights are mounted read-only. No hub token ever enters the
+container: weights were resolved on the host (``harness.weights``).
+"""
+
+from __future__ import annotations
+
+import logging
+import secrets
+import time
+import uuid
+
+from harness import constants
+from harness.client.triton import Transfer
+from harness.errors import ServerError
+from harness.images import docker_client, ensure_image, image_identity
+from harness.runtime.served import ServedRuntime
+from harness.spec import ModelSpec
+from harness.weights import ResolvedWeights
+
+log = logging.getLogger("pfmbench.runtime")
+
+GRPC_PORT = 8001
+WEIGHTS_MOUNT = "/weights"
+
+
+class DockerRuntime(ServedRuntime):
+    name = "docker"
+
+    def __init__(
+        self,
+        spec: ModelSpec,
+        weights: ResolvedWeights,
+        startup_timeout_s: float = 180.0,
+        transfer: Transfer = "auto",
+        image: str | None = None,
+        shm_size: str = "1g",
+    ) -> None:
+        super().__init__(spec, weights, startup_timeout_s, transfer)
+        self.image_ref = image
+        self.shm_size = shm_size
+        self.container = None
+        self._digest: str | None = None
+        self._status: int | None = None
+
+    @property
+    def image_digest(self) -> str | None:
+        return self._digest
+
+    def start(self) -> None:
+        client = docker_client()
+        image = client.images.get(self.image_ref) if self.image_ref else ensure_image(self.spec.name)
+        self._digest = image_identity(image)
+        token = secrets.token_hex(16)
+        volumes, weights_arg = {}, "random"
+        if self.weights.path is not None:
+            weights_arg = f"{WEIGHTS_MOUNT}/{self.weights.path.name}"
+            volumes[str(self.weights.path)] = {"bind": weights_arg, "mode": "ro"}
+        name = f"pfmbench-{self.spec.name}-{uuid.uuid4().hex[:8]}"
+        self.container = client.containers.run(
+            image.id,
+            command=["python", "-m", "harness.serve", "--model", self.spec.name, "--weights", weights_arg,
+                     "--init-seed", str(self.weights.init_seed), "--host", "0.0.0.0", "--grpc-port", str(GRPC_PORT)],
+            name=name, detach=True, environment={constants.TOKEN_ENV: token}, ports={f"{GRPC_PORT}/tcp": ("127.0.0.1", None)},
+            ipc_mode="host", volumes=volumes, labels={"org.pfmbench.run": name, "org.pfmbench.model": self.spec.name},
+        )
+        log.info("container %s from %s", name, self._digest)
+        port = self._published_port()
+        self._connect(f"127.0.0.1:{port}", token)
+        self._wait_ready()
+
+    def _published_port(self) -> int:
+        deadline = time.monotonic() + 30
+        while time.monotonic() < deadline:
+            self.container.reload()
+            bindings = (self.container.attrs["NetworkSettings"]["Ports"] or {}).get(f"{GRPC_PORT}/tcp")
+            if bindings:
+                return int(bindings[0]["HostPort"])
+            if self.container.status == "exited":
+                break
+            time.sleep(0.1)
+        raise ServerError(f"container for '{self.spec.name}' published no port; log tail: {self.logs(5)}", "see 'docker logs' of the container")
+
+    def alive(self) -> bool:
+        if self.container is None:
+            return False
+        try:
+            self.container.reload()
+        except Exception:  # removed underneath us
+            return False
+        if self.container.status in ("exited", "dead", "removing"):
+            self._status = self.container.attrs.get("State", {}).get("ExitCode")
+            return False
+        return True
+
+    def exit_status(self) -> int | None:
+        return self._status
+
+    def logs(self, lines: int = 15) -> str:
+        try:
+            return self.container.logs(tail=lines).decode(errors="replace") if self.container else ""
+        except Exception:
+            return ""
+
+    @property
+    def where_logs(self) -> str:
+        return f"'docker logs {self.container.name}'" if self.container else "the container log"
+
+    def stop(self) -> None:
+        self._close_client()
+        container, self.container = self.container, None
+        if container is None:
+            return
+        try:
+            container.stop(timeout=10)
+        except Exception:  # already gone or dead
+            pass
+        try:
+            container.remove(force=True)
+        except Exception:
+            pass

@@ -1,0 +1,111 @@
+"""What every runtime with a real Triton server shares: the client, health, and death detection.
+
+Subclasses say how to start and stop the server process (``local``: a subprocess;
+``docker``: a container; ``endpoint``: someone else's) and how to tell whether it is
+still alive; this class turns a failed request into :class:`ServerDiedError` when the
+server is gone, or :class:`ServerError` otherwise.
+"""
+
+from __future__ import annotations
+
+import abc
+import time
+
+import numpy as np
+
+from harness.client.triton import FeatureClient, Transfer
+from harness.errors import ServerDiedError, ServerError
+from harness.runtime.base import Runtime
+from harness.spec import ModelSpec
+from harness.weights import ResolvedWeights
+
+
+class ServedRuntime(Runtime):
+    def __init__(self, spec: ModelSpec, weights: ResolvedWeights, startup_timeout_s: float = 180.0, transfer: Transfer = "auto") -> None:
+        super().__init__(spec, weights)
+        self.startup_timeout_s = startup_timeout_s
+        self._transfer = transfer
+        self.client: FeatureClient | None = None
+        self._failed = False
+
+    @property
+    def transfer(self) -> str:
+        return self.client.active_transfer if self.client else self._transfer
+
+    @abc.abstractmethod
+    def alive(self) -> bool:
+        """Whether the server process (or container) still runs."""
+
+    @abc.abstractmethod
+    def exit_status(self) -> int | None:
+        """Exit code (negative: signal) once dead."""
+
+    @abc.abstractmethod
+    def logs(self, lines: int = 15) -> str:
+        """The server's last log lines."""
+
+    @property
+    def where_logs(self) -> str:
+        return "the server log"
+
+    def _connect(self, url: str, token: str | None) -> None:
+        self.client = FeatureClient(url, self.spec, token=token, transfer=self._transfer, alive=self.alive)
+
+    def _wait_ready(self) -> None:
+        assert self.client
+        deadline = time.monotonic() + self.startup_timeout_s
+        while time.monotonic() < deadline:
+            if not self.alive():
+                self._failed = True
+                raise ServerError(
+                    f"the model server for '{self.spec.name}' exited with code {self.exit_status()} while starting; "
+                    f"log tail: {' | '.join(self.logs(5).splitlines())}",
+                    f"see {self.where_logs}",
+                )
+            if self.client.ready():
+                return
+            time.sleep(0.25)
+        self._failed = True
+        raise ServerError(
+            f"the model server for '{self.spec.name}' did not become healthy within {self.startup_timeout_s:.0f} s; "
+            f"log tail: {' | '.join(self.logs(5).splitlines())}",
+            f"see {self.where_logs}; a large model on CPU may need a longer startup timeout",
+        )
+
+    def health(self) -> bool:
+        return self.client is not None and self.alive() and self.client.ready()
+
+    def _dead(self, grace_s: float = 8.0) -> bool:
+        """Whether the server has exited (waiting briefly: Triton dies a few seconds after its parent)."""
+        deadline = time.monotonic() + grace_s
+        while time.monotonic() < deadline:
+            if not self.alive():
+                return True
+            if self.client and self.client.ready():
+                return False
+            time.sleep(0.2)
+        return not self.alive()
+
+    def infer(self, images: np.ndarray, blocks: tuple[int, ...]) -> tuple[np.ndarray, np.ndarray]:
+        assert self.client, "start() the runtime first"
+        if not self.alive():
+            self._failed = True
+            raise ServerDiedError(self.spec.name, self.exit_status(), self.logs())
+        try:
+            return self.client.infer(images, blocks)
+        except Exception as exc:
+            self._failed = True
+            if self._dead():
+                raise ServerDiedError(self.spec.name, self.exit_status(), self.logs()) from exc
+            raise ServerError(
+                f"the model server for '{self.spec.name}' failed a request: {str(exc).splitlines()[0]}",
+                f"see {self.where_logs}",
+            ) from exc
+
+    def _close_client(self) -> None:
+        if self.client is not None:
+            try:
+                self.client.close()
+            except Exception:  # the server may already be gone; the regions are unlinked anyway
+                pass
+            self.client = None

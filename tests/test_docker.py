@@ -1,0 +1,215 @@
+"""The docker runtime against a real daemon: parity with local, push/pull/reproduce, cleanup, secrets.
+
+Needs a Docker daemon and the images built by `pfmbench images build phikon` (.ci/run
+starts a private dockerd and builds them). Without a daemon these tests are skipped
+with that reason, except under CI=true, where a missing daemon is a failure.
+"""
+
+from __future__ import annotations
+
+import os
+import shutil
+import signal
+import subprocess
+import sys
+import tarfile
+import time
+from pathlib import Path
+
+import pytest
+
+from harness.errors import ServerError
+from harness.images import BASE_TAG, local_tag
+from harness.results.store import read_rows
+from harness.runtime import docker_available
+from harness.runtime.docker import DockerRuntime
+from harness.spec import get_spec
+from harness.weights import ResolvedWeights
+
+from conftest import free_port
+
+pytestmark = pytest.mark.docker
+
+FAKE_TOKEN = "hf_pfmbenchFAKEtoken0123456789abcdef"
+METRICS = ("mIoU", "mDice", "mIoU_nobg", "mDice_nobg", "pixel_accuracy", "per_class_iou", "mDice_ci_low", "mDice_ci_high")
+
+
+@pytest.fixture(scope="module")
+def client():
+    ok, why = docker_available()
+    if not ok:
+        if os.environ.get("CI"):
+            pytest.fail(f"CI must run the docker tests: {why}")
+        pytest.skip(why)
+    import docker
+
+    c = docker.from_env()
+    for tag in (BASE_TAG, local_tag("phikon")):
+        try:
+            c.images.get(tag)
+        except docker.errors.ImageNotFound:
+            pytest.fail(f"{tag} is not built: run 'pfmbench images build phikon' first (.ci/run does)")
+    return c
+
+
+def _our_containers(c) -> list:
+    return c.containers.list(all=True, filters={"label": "org.pfmbench.model"})
+
+
+@pytest.fixture
+def no_leftover_containers(client):
+    before = {x.id for x in _our_containers(client)}
+    yield
+    left = [x.name for x in _our_containers(client) if x.id not in before]
+    assert not left, f"containers left behind: {left}"
+
+
+def bench(*args: str, env: dict | None = None, timeout: float = 900) -> subprocess.CompletedProcess:
+    return subprocess.run([sys.executable, "-m", "harness.cli", "bench", "--no-progress", *args], capture_output=True, text=True,
+                          timeout=timeout, env={**os.environ, **(env or {})})
+
+
+def test_image_labels_are_the_spec(client):
+    image = client.images.get(local_tag("phikon"))
+    labels = image.labels
+    spec = get_spec("phikon")
+    assert labels["org.pfmbench.name"] == "phikon"
+    assert labels["org.pfmbench.embed-dim"] == str(spec.embed_dim)
+    assert int(image.attrs["Config"]["User"] or 0) == 10001
+
+
+@pytest.fixture(scope="module")
+def registry(tmp_path_factory):
+    """Debian's docker-registry on a free 127.0.0.1 port (127.0.0.0/8 is insecure-allowed by default)."""
+    work = tmp_path_factory.mktemp("registry")
+    port = free_port()
+    cfg = work / "config.yml"
+    cfg.write_text(f"version: 0.1\nlog: {{level: warn}}\nstorage:\n  filesystem: {{rootdirectory: {work / 'data'}}}\n"
+                   f"  delete: {{enabled: true}}\nhttp: {{addr: 127.0.0.1:{port}}}\n")
+    proc = subprocess.Popen(["docker-registry", "serve", str(cfg)], stdout=subprocess.DEVNULL, stderr=subprocess.DEVNULL)
+    import urllib.request
+
+    for _ in range(100):
+        try:
+            urllib.request.urlopen(f"http://127.0.0.1:{port}/v2/", timeout=1)
+            break
+        except OSError:
+            time.sleep(0.1)
+    yield f"127.0.0.1:{port}"
+    proc.terminate()
+    proc.wait(timeout=10)
+    shutil.rmtree(work, ignore_errors=True)  # several GB of blobs
+
+
+def test_docker_row_equals_local_row_then_reproduces_from_the_registry(client, registry, tmp_path, monkeypatch, no_leftover_containers, no_leftover_servers):
+    lock = tmp_path / "images.lock"
+    env = {"PFMBENCH_IMAGES_LOCK": str(lock), "HF_TOKEN": FAKE_TOKEN}
+    push = subprocess.run([sys.executable, "-m", "harness.cli", "images", "push", "phikon", "--registry", registry],
+                          capture_output=True, text=True, timeout=900, env={**os.environ, **env})
+    assert push.returncode == 0, push.stderr
+    assert f"{registry}/pfmbench/phikon" in lock.read_text() and "sha256:" in lock.read_text()
+
+    common = ("-m", "phikon", "-d", "nuclei-sample", "--epochs", "2", "--seed", "3", "--results-dir", str(tmp_path / "res"))
+    docker_run = bench(*common, "--runtime", "docker", env=env)
+    assert docker_run.returncode == 0, docker_run.stderr
+    local_run = bench(*common, "--runtime", "local", env=env)
+    assert local_run.returncode == 0, local_run.stderr
+    rows = {r["runtime"]: r for r in read_rows(tmp_path / "res")}
+    for m in METRICS:
+        assert rows["docker"][m] == rows["local"][m], m
+    assert rows["docker"]["image_digest"].startswith(f"{registry}/pfmbench/phikon@sha256:")
+    assert rows["docker"]["run_key"] != rows["local"]["run_key"]  # the image digest is part of the key
+    for out in (push.stdout + push.stderr, docker_run.stdout + docker_run.stderr):
+        assert FAKE_TOKEN not in out
+
+    # Delete every local copy of the image, then reproduce the docker row: it is pulled by digest.
+    for tag in (local_tag("phikon"), f"{registry}/pfmbench/phikon:latest"):
+        client.images.remove(tag, force=True)
+    repro = subprocess.run([sys.executable, "-m", "harness.cli", "reproduce", rows["docker"]["row_id"], "--results-dir", str(tmp_path / "res")],
+                           capture_output=True, text=True, timeout=900, env={**os.environ, **env})
+    assert repro.returncode == 0, repro.stdout + repro.stderr
+    assert "identical metrics" in repro.stdout and "pulling" in repro.stdout
+    client.images.get(local_tag("phikon"))  # tagged again after the pull
+
+
+def test_unhealthy_container_fails_fast_with_its_log_and_is_removed(client, tmp_path, no_leftover_containers):
+    missing = ResolvedWeights(kind="dir", path=tmp_path / "model.safetensors", sha256="0" * 64)
+    (tmp_path / "model.safetensors").write_bytes(b"not a checkpoint")
+    rt = DockerRuntime(get_spec("phikon"), missing, startup_timeout_s=120)
+    t0 = time.monotonic()
+    with pytest.raises(ServerError, match="exited with code 1 while starting; log tail: .*cannot read checkpoint"):
+        with rt:
+            pass
+    assert time.monotonic() - t0 < 120
+    slow = DockerRuntime(get_spec("phikon"), ResolvedWeights.random(), startup_timeout_s=2)
+    with pytest.raises(ServerError, match="did not become healthy within 2 s"):
+        with slow:
+            pass
+
+
+def test_ctrl_c_removes_the_container(client, tmp_path, no_leftover_containers):
+    proc = subprocess.Popen([sys.executable, "-m", "harness.cli", "bench", "--no-progress", "-m", "phikon", "-d", "synthetic-tissue",
+                             "--runtime", "docker", "--epochs", "1", "--results-dir", str(tmp_path)], stdout=subprocess.PIPE, stderr=subprocess.PIPE)
+    deadline = time.monotonic() + 180
+    while not list(Path("/dev/shm").glob(f"pfm_{proc.pid}_*")):
+        assert proc.poll() is None and time.monotonic() < deadline, proc.communicate()
+        time.sleep(0.1)
+    proc.send_signal(signal.SIGINT)
+    proc.communicate(timeout=120)
+    assert proc.returncode != 0
+    assert read_rows(tmp_path) == []
+
+
+def test_planted_token_appears_nowhere(client, tmp_path, no_leftover_containers):
+    """Build with a token in the environment, run, then scan layers, labels, env, history and logs."""
+    env = {**os.environ, "HF_TOKEN": FAKE_TOKEN}
+    build = subprocess.run([sys.executable, "-m", "harness.cli", "images", "build", "phikon", "--skip-base"],
+                           capture_output=True, text=True, timeout=900, env=env)
+    assert build.returncode == 0, build.stderr
+    image = client.images.get(local_tag("phikon"))
+    assert FAKE_TOKEN not in str(image.attrs["Config"].get("Env")) + str(image.labels)
+    assert all(FAKE_TOKEN not in (h.get("CreatedBy") or "") for h in image.history())
+    tar = tmp_path / "image.tar"
+    with open(tar, "wb") as f:
+        for chunk in image.save(named=True):
+            f.write(chunk)
+    with tarfile.open(tar) as t:  # every layer tarball, and every file in it
+        for member in t.getmembers():
+            if member.isfile():
+                data = t.extractfile(member).read()
+                assert FAKE_TOKEN.encode() not in data, member.name
+                if member.name.endswith((".tar", "layer.tar")) or data[:2] == b"\x1f\x8b":
+                    continue
+    for layer in _layer_files(tar, tmp_path / "layers"):
+        assert FAKE_TOKEN.encode() not in layer.read_bytes(), layer
+    tar.unlink()
+    shutil.rmtree(tmp_path / "layers")
+    rt = DockerRuntime(get_spec("phikon"), ResolvedWeights.random())
+    os.environ["HF_TOKEN"] = FAKE_TOKEN
+    try:
+        with rt:
+            rt.infer(__import__("numpy").zeros((1, 224, 224, 3), "uint8"), (11,))
+            attrs = rt.container.attrs
+            logs = rt.logs(10000)
+    finally:
+        os.environ.pop("HF_TOKEN", None)
+    assert FAKE_TOKEN not in str(attrs["Config"]["Env"]) + str(attrs["Args"]) + logs
+
+
+def _layer_files(image_tar: Path, dest: Path) -> list[Path]:
+    """Unpack each layer of a saved image and return every regular file in it."""
+    out = []
+    with tarfile.open(image_tar) as t:
+        layers = [m for m in t.getmembers() if m.isfile() and (m.name.endswith("layer.tar") or m.name.startswith("blobs/"))]
+        for i, m in enumerate(layers):
+            target = dest / str(i)
+            target.mkdir(parents=True)
+            try:
+                with tarfile.open(fileobj=t.extractfile(m)) as layer:
+                    for f in layer.getmembers():
+                        if f.isfile() and f.size < 50_000_000 and not f.name.endswith((".so", ".whl")) and "site-packages/torch" not in f.name and "site-packages/nvidia" not in f.name:
+                            layer.extract(f, target, set_attrs=False)
+                            out.append(target / f.name)
+            except tarfile.ReadError:
+                continue  # a config blob, not a layer
+    return out

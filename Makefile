@@ -41,7 +41,7 @@ test: setup
 	$(BIN)/python -m pytest $(PYTEST_ARGS)
 
 perf: setup
-	$(BIN)/pfmbench perf --models phikon,uni --batches 32 --sizes 224 --iters 3 --out .perf/perf.json
+	$(BIN)/pfmbench perf --models phikon --batches 8,32 --sizes 224 --iters 3 --out .perf/perf.json
 
 images: setup
 	$(BIN)/pfmbench images build

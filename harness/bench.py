@@ -166,6 +166,6 @@ def resolve_config(model: str, dataset: str, runtime: str = "auto", preset: str 
         cfg = RunConfig.from_preset(preset, model=model, dataset=dataset, runtime=chosen, **overrides)  # type: ignore[arg-type]
     except ValidationError as exc:
         first = exc.errors()[0]
-        field = ".".join(str(p) for p in first["loc"])
-        raise ConfigError(f"--{field.replace('_', '-')}: {first['msg']} (got {first.get('input')!r})", "see 'pfmbench bench --help' for the accepted values") from exc
+        option = "--" + str(first["loc"][0]).replace("_", "-")
+        raise ConfigError(f"{option}: {first['msg']} (got {first.get('input')!r})", "see 'pfmbench bench --help' for the accepted values") from exc
     return cfg, why

@@ -9,6 +9,10 @@ from __future__ import annotations
 
 import difflib
 from collections.abc import Iterable
+from typing import TYPE_CHECKING
+
+if TYPE_CHECKING:
+    from pydantic import ValidationError
 
 
 class PfmbenchError(Exception):
@@ -24,6 +28,13 @@ class PfmbenchError(Exception):
     def one_line(self) -> str:
         text = f"{self.message} (fix: {self.fix})" if self.fix else self.message
         return " ".join(text.split())
+
+
+def first_problem(exc: "ValidationError") -> str:
+    """One line from a pydantic ValidationError: where, what, and how many problems in all."""
+    first = exc.errors()[0]
+    loc = ".".join(str(p) for p in first["loc"]) or "value"
+    return f"{loc}: {first['msg']} ({len(exc.errors())} problem(s))"
 
 
 def _close(name: str, known: Iterable[str]) -> str:

@@ -22,7 +22,7 @@ from dockerfile_parse import DockerfileParser
 from pydantic import BaseModel, ConfigDict, Field, ValidationError, field_validator, model_validator
 
 from harness import constants
-from harness.errors import SpecError, UnknownModelError
+from harness.errors import SpecError, UnknownModelError, first_problem
 
 Builder = Literal["timm", "transformers"]
 
@@ -123,9 +123,7 @@ def parse_dockerfile(path: Path) -> ModelSpec:
     try:
         return ModelSpec(**fields)
     except ValidationError as exc:
-        first = exc.errors()[0]
-        loc = ".".join(str(p) for p in first["loc"]) or "spec"
-        raise SpecError(str(path), f"{loc}: {first['msg']} ({len(exc.errors())} problem(s))") from exc
+        raise SpecError(str(path), first_problem(exc)) from exc
 
 
 def _dockerfiles(models_dir: Path) -> dict[str, Path]:

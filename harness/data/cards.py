@@ -18,7 +18,7 @@ import yaml
 from pydantic import BaseModel, ConfigDict, Field, ValidationError, field_validator, model_validator
 
 from harness import constants
-from harness.errors import CardError, UnknownDatasetError
+from harness.errors import CardError, UnknownDatasetError, first_problem
 
 
 class _Strict(BaseModel):
@@ -134,9 +134,7 @@ def load_card_file(path: Path) -> DatasetCard:
     try:
         return DatasetCard(**raw)
     except ValidationError as exc:
-        first = exc.errors()[0]
-        loc = ".".join(str(p) for p in first["loc"]) or "card"
-        raise CardError(str(path), f"{loc}: {first['msg']} ({len(exc.errors())} problem(s))") from exc
+        raise CardError(str(path), first_problem(exc)) from exc
 
 
 def _card_files(cards_dir: Path) -> dict[str, Path]:

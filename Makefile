@@ -50,8 +50,9 @@ base-offline:
 	models/_base/offline-base.sh local/debian:bookworm
 
 lock:
-	{ sed -n '1,4p' requirements.lock; $(BIN)/python -m pip freeze --all --exclude-editable | grep -v '^pfmbench\|^pip=='; } > requirements.lock.new
+	{ sed -n '1,5p' requirements.lock; $(BIN)/python -m pip freeze --all --exclude-editable | grep -v '^pfmbench\|^pip=='; } > requirements.lock.new
 	mv requirements.lock.new requirements.lock
+	$(BIN)/python -m harness.lockfile
 
 clean:
 	rm -rf $(VENV) build *.egg-info .pytest_cache

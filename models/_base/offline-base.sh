@@ -6,6 +6,7 @@ set -euo pipefail
 TAG=${1:-local/debian:bookworm}
 WORK=${2:-$(mktemp -d)}
 if docker image inspect "$TAG" >/dev/null 2>&1; then echo "$TAG exists"; exit 0; fi
+mkdir -p "$WORK"
 ROOTFS="$WORK/rootfs"
 if [ ! -x "$ROOTFS/usr/bin/python3" ]; then
   debootstrap --variant=minbase --include=python3,python3-venv,libpython3.11 bookworm "$ROOTFS" >"$WORK/debootstrap.log"

@@ -101,3 +101,29 @@ def test_ctrl_c_mid_run_stops_the_server(tmp_path, no_leftover_servers):
     assert proc.returncode != 0
     assert read_rows(tmp_path) == []
     assert not [p for p in server_processes() if _server_child(proc.pid)]
+
+
+def test_bench_against_a_server_it_did_not_start(tmp_path, no_leftover_servers):
+    """--endpoint: the harness uses a running server (as compose/serve.yml provides) and leaves it running."""
+    from conftest import free_port
+
+    from harness.runtime.local import server_env
+
+    grpc = free_port()
+    env = server_env("")
+    env.pop("PFMBENCH_TRITON_TOKEN")  # an open server, as in compose/serve.yml
+    server = subprocess.Popen([sys.executable, "-m", "harness.serve", "--model", "phikon", "--grpc-port", str(grpc),
+                               "--http-port", str(free_port()), "--metrics-port", str(free_port())],
+                              env=env, stdout=subprocess.DEVNULL, stderr=subprocess.DEVNULL, start_new_session=True)
+    try:
+        res = run("bench", "-m", "phikon", "-d", "nuclei-sample", "--epochs", "1", "--no-progress",
+                  "--endpoint", f"127.0.0.1:{grpc}", "--results-dir", str(tmp_path))
+        assert res.returncode == 0, res.stderr
+        assert server.poll() is None  # not ours to stop
+        (row,) = read_rows(tmp_path)
+        assert row["runtime"] == "endpoint" and row["transfer"] == "shm"
+        missing = run("bench", "-m", "phikon", "-d", "nuclei-sample", "--endpoint", f"127.0.0.1:{free_port()}", "--results-dir", str(tmp_path))
+        assert missing.returncode == 1 and "no ready 'features' model at 127.0.0.1:" in missing.stderr
+    finally:
+        os.killpg(server.pid, signal.SIGTERM)
+        server.wait(timeout=30)

@@ -9,6 +9,7 @@ shares this machine's /dev/shm.
 from __future__ import annotations
 
 import os
+import time
 
 from harness import constants
 from harness.client.triton import Transfer
@@ -21,14 +22,17 @@ from harness.weights import ResolvedWeights
 class EndpointRuntime(ServedRuntime):
     name = "endpoint"
 
-    def __init__(self, spec: ModelSpec, weights: ResolvedWeights, endpoint: str, transfer: Transfer = "auto", startup_timeout_s: float = 30.0) -> None:
+    def __init__(self, spec: ModelSpec, weights: ResolvedWeights, endpoint: str, transfer: Transfer = "auto", startup_timeout_s: float = 20.0) -> None:
         super().__init__(spec, weights, startup_timeout_s, transfer)
         self.endpoint = endpoint
 
     def start(self) -> None:
         self._connect(self.endpoint, os.environ.get(constants.TOKEN_ENV))
-        if not self.client.ready():
-            raise ServerError(f"no ready '{constants.TRITON_MODEL}' model at {self.endpoint}", f"start the server (e.g. docker-compose -f compose/serve.yml up -d {self.spec.name}) or fix --endpoint")
+        deadline = time.monotonic() + self.startup_timeout_s  # a server just started may still be loading
+        while not self.client.ready():
+            if time.monotonic() > deadline:
+                raise ServerError(f"no ready '{constants.TRITON_MODEL}' model at {self.endpoint} after {self.startup_timeout_s:.0f} s", f"start the server (e.g. docker-compose -f compose/serve.yml up -d {self.spec.name}) or fix --endpoint")
+            time.sleep(0.25)
 
     def alive(self) -> bool:
         return self.client is not None and self.client.ready()

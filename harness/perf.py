@@ -9,6 +9,7 @@ the same run. Results are written as JSON (``make perf``) and printed as a table
 from __future__ import annotations
 
 import json
+import os
 import platform
 import time
 from dataclasses import asdict, dataclass
@@ -83,7 +84,7 @@ def run_perf(models: list[str], batches: list[int], sizes: list[int], modes: tup
 def write_json(results: list[PerfResult], path: Path, device: str | None) -> None:
     import torch
 
-    meta = {"host": platform.node(), "cpu_count": __import__("os").cpu_count(), "torch": torch.__version__,
+    meta = {"host": platform.node(), "cpu_count": os.cpu_count(), "torch": torch.__version__,
             "device": device or ("cuda:" + torch.cuda.get_device_name(0) if torch.cuda.is_available() else "cpu")}
     path.parent.mkdir(parents=True, exist_ok=True)
     path.write_text(json.dumps({"meta": meta, "results": [asdict(r) for r in results]}, indent=1))

@@ -106,8 +106,8 @@ def _from_hub(spec: ModelSpec) -> Path:
     except GatedRepoError as exc:
         raise GatedWeightsError(spec.name, f"hf:{repo}") from exc
     except (LocalEntryNotFoundError, RepositoryNotFoundError, HfHubHTTPError, OSError) as exc:
-        detail = type(exc).__name__ if token is None else type(exc).__name__  # never echo the token
-        raise HubUnavailableError(spec.name, f"hf:{repo}", f"{detail} (no network or no access)") from exc
+        # Only the exception's type: its text may carry request headers, and so the token.
+        raise HubUnavailableError(spec.name, f"hf:{repo}", f"{type(exc).__name__} (no network or no access)") from exc
 
 
 def resolve_weights(spec: ModelSpec, weights: str = "random", init_seed: int = 0) -> ResolvedWeights:

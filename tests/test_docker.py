@@ -173,13 +173,10 @@ def test_planted_token_appears_nowhere(client, tmp_path, no_leftover_containers)
     with open(tar, "wb") as f:
         for chunk in image.save(named=True):
             f.write(chunk)
-    with tarfile.open(tar) as t:  # every layer tarball, and every file in it
+    with tarfile.open(tar) as t:  # the saved image's own files: manifest, configs, layer tarballs
         for member in t.getmembers():
             if member.isfile():
-                data = t.extractfile(member).read()
-                assert FAKE_TOKEN.encode() not in data, member.name
-                if member.name.endswith((".tar", "layer.tar")) or data[:2] == b"\x1f\x8b":
-                    continue
+                assert FAKE_TOKEN.encode() not in t.extractfile(member).read(), member.name
     for layer in _layer_files(tar, tmp_path / "layers"):
         assert FAKE_TOKEN.encode() not in layer.read_bytes(), layer
     tar.unlink()

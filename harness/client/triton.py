@@ -65,7 +65,7 @@ class FeatureClient:
 
     @property
     def active_transfer(self) -> str:
-        """The path actually used so far: ``shm`` or ``grpc`` (``None`` before the first call)."""
+        """The path in use: ``shm`` or ``grpc`` (before the first call, the one that will be tried first)."""
         return self._active or ("grpc" if self.transfer == "grpc" else "shm")
 
     def ready(self) -> bool:

@@ -6,9 +6,9 @@ Dockerfile: ``FROM`` the base, LABELs = its spec, and a copy of that Dockerfile 
 server inside reads the same labels. ``models/images.lock`` pins each model to an image
 reference and digest; ``pfmbench images pull`` fetches exactly that.
 
-The base is built with the Docker CLI and BuildKit (``RUN --mount=type=bind`` keeps the
-3 GB wheelhouse out of the layers), which the docker SDK cannot drive; everything else
-goes through the SDK.
+Builds go through the Docker CLI with BuildKit (the base's ``RUN --mount=type=bind``
+keeps the 3 GB wheelhouse out of the layers, and the docker SDK cannot drive BuildKit);
+tagging, pushing, pulling and running go through the SDK.
 """
 
 from __future__ import annotations

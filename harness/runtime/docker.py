@@ -39,11 +39,9 @@ class DockerRuntime(ServedRuntime):
         startup_timeout_s: float = 180.0,
         transfer: Transfer = "auto",
         image: str | None = None,
-        shm_size: str = "1g",
     ) -> None:
         super().__init__(spec, weights, startup_timeout_s, transfer)
         self.image_ref = image
-        self.shm_size = shm_size
         self.container = None
         self._digest: str | None = None
         self._status: int | None = None

@@ -15,13 +15,14 @@ SEED     ?= 42
 PRESET   ?= densebench
 PYTEST_ARGS ?=
 
-.PHONY: setup bench test perf images base-offline lock clean help
+.PHONY: setup bench test perf perf-zoo images base-offline lock clean help
 
 help:
 	@echo "make setup                      create $(VENV) from requirements.lock"
 	@echo "make bench MODEL=.. DATASET=..  one leaderboard row [STRATEGY WEIGHTS=random|hub|<dir> RUNTIME=auto|docker|local|inprocess EPOCHS SEED PRESET]"
 	@echo "make test                       the test suite"
 	@echo "make perf                       served vs in-process extraction throughput (JSON in .perf/)"
+	@echo "make perf-zoo [DEVICE=cuda BATCH=64]  forward cost of every model: params, tokens, GFLOPs, img/s, MFU"
 	@echo "make images                     build pfmbench/base and every model image (docs/docker.md)"
 	@echo "make lock                       rewrite requirements.lock from the current venv"
 
@@ -42,6 +43,9 @@ test: setup
 
 perf: setup
 	$(BIN)/pfmbench perf --models phikon --batches 8,32 --sizes 224 --iters 3 --out .perf/perf.json
+
+perf-zoo: setup
+	$(BIN)/pfmbench zoo-perf --device $(or $(DEVICE),cpu) --batch $(or $(BATCH),1) --iters 3 --out .perf/zoo-$(or $(DEVICE),cpu).json
 
 images: setup
 	$(BIN)/pfmbench images build

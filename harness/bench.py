@@ -11,6 +11,7 @@ import json
 import logging
 import time
 import uuid
+from collections.abc import Callable
 from datetime import datetime, timezone
 from pathlib import Path
 
@@ -31,7 +32,7 @@ from harness.results.store import write_row
 from harness.runtime import Runtime, choose_runtime, make_runtime
 from harness.spec import ModelSpec, get_spec, resolve_blocks
 from harness.train.frozen import FrozenResult, SplitFeatures, train_frozen
-from harness.weights import resolve_weights
+from harness.weights import licence_notice, resolve_weights
 
 log = logging.getLogger("pfmbench.bench")
 
@@ -63,8 +64,12 @@ def run_bench(
     write: bool = True,
     endpoint: str | None = None,
     image: str | None = None,
+    notify: Callable[[str], None] | None = None,
 ) -> ResultRow:
-    """Run one configuration end to end and (by default) append its row to the results store."""
+    """Run one configuration end to end and (by default) append its row to the results store.
+
+    ``notify`` receives one-off notices for the user (a model's licence on first use).
+    """
     started = time.perf_counter()
     spec: ModelSpec = get_spec(cfg.model)
     card = get_card(cfg.dataset)
@@ -76,6 +81,8 @@ def run_bench(
     if size % spec.patch_size:
         raise ConfigError(f"input size {size} is not a multiple of {spec.name}'s patch size {spec.patch_size}", f"use a multiple of {spec.patch_size}")
     weights = resolve_weights(spec, cfg.weights, init_seed=cfg.init_seed)
+    if notify is not None and (notice := licence_notice(spec, weights)):
+        notify(notice)
     data = _load_splits(card, size, data_dir)
     torch.manual_seed(cfg.seed)
 

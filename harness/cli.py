@@ -16,6 +16,7 @@ from typing import Annotated, Optional
 
 import typer
 from rich.console import Console
+from rich.markup import escape
 from rich.table import Table
 
 from harness import constants
@@ -38,6 +39,11 @@ app.add_typer(images_app, name="images")
 out = Console()
 if not out.is_terminal:  # piped or captured: do not squeeze tables into 80 columns
     out = Console(width=200)
+
+
+def _log(message: str) -> None:
+    """Progress lines from library code: printed as plain text (build output holds brackets rich would parse)."""
+    out.print(message, markup=False, highlight=False)
 
 
 def _model_names(incomplete: str) -> list[str]:
@@ -93,7 +99,8 @@ def bench(
     if endpoint:
         why = f"the server at {endpoint}"
     out.print(f"[dim]{model} on {dataset}: {cfg.strategy}, {cfg.epochs} epochs, preset {cfg.preset}, weights {cfg.weights}; {why}[/dim]")
-    row = run_bench(cfg, results_dir=results_dir, data_dir=data_dir, show_progress=progress, endpoint=endpoint)
+    row = run_bench(cfg, results_dir=results_dir, data_dir=data_dir, show_progress=progress, endpoint=endpoint,
+                    notify=lambda msg: out.print(f"[yellow]licence:[/yellow] {msg}"))
     _print_row(row.model_dump())
     out.print(f"row {row.row_id} written to {(results_dir or constants.RESULTS_DIR) / 'rows'} (wall {row.wall_time_s:.1f} s, transfer {row.transfer})")
 
@@ -119,18 +126,22 @@ def _print_row(row: dict) -> None:
 
 @models_app.callback(invoke_without_command=True)
 def models(ctx: typer.Context, pattern: Annotated[str, typer.Option(help="Glob filter on names.")] = "*") -> None:
-    """List the models: one per models/<name>/Dockerfile."""
+    """List the models (one per models/<name>/Dockerfile), with whether each image is built and weights are cached."""
     if ctx.invoked_subcommand:
         return
-    from harness.spec import get_spec, list_models
+    from harness.zoo import zoo_status
 
-    t = Table(title="models")
-    for col in ("name", "builder", "constructor", "params (M)", "patch", "dim", "depth", "prefix", "licence", "gated"):
-        t.add_column(col)
-    for name in list_models(pattern):
-        s = get_spec(name)
-        t.add_row(s.name, s.builder, s.constructor, f"{s.params_m:.1f}", str(s.patch_size), str(s.embed_dim), str(s.depth), str(s.prefix_tokens), s.license, "yes" if s.gated else "no")
+    t = Table(title="models (image: built locally?  weights: checkpoint on this machine?)")
+    for col in ("name", "architecture", "builder", "params (M)", "patch", "dim", "prefix", "licence", "gated", "image", "weights"):
+        t.add_column(col, justify="right" if col in ("params (M)", "patch", "dim", "prefix") else "left")
+    rows, note = zoo_status(pattern)
+    for r in rows:
+        s = r.spec
+        t.add_row(s.name, s.arch, s.builder, f"{s.params_m:.1f}", str(s.patch_size), str(s.embed_dim), str(s.prefix_tokens),
+                  s.license, "yes" if s.gated else "no", r.image, r.weights)
     out.print(t)
+    if note:
+        out.print(f"[dim]{note}[/dim]")
 
 
 @models_app.command("show")
@@ -237,10 +248,10 @@ def images_build(
     from harness.spec import list_models
 
     if not skip_base:
-        images.build_base(base_from or images.DEFAULT_BASE_FROM, log=out.print)
+        images.build_base(base_from or images.DEFAULT_BASE_FROM, log=_log)
     if not base_only:
         for m in models or list_models():
-            images.build_model(m, log=out.print)
+            images.build_model(m, log=_log)
 
 
 @images_app.command("push")
@@ -252,7 +263,7 @@ def images_push(
     from harness import images
 
     for m in models:
-        entry = images.push(m, registry or images.DEFAULT_REGISTRY, log=out.print)
+        entry = images.push(m, registry or images.DEFAULT_REGISTRY, log=_log)
         out.print(f"{m}: {entry['image']}@{entry['digest']}")
 
 
@@ -262,7 +273,7 @@ def images_pull(models: Annotated[list[str], typer.Argument(autocompletion=_mode
     from harness import images
 
     for m in models:
-        image = images.pull(m, log=out.print)
+        image = images.pull(m, log=_log)
         out.print(f"{m}: {images.image_identity(image)}")
 
 
@@ -280,7 +291,7 @@ def perf(
     from harness.perf import run_perf, write_json
 
     res = run_perf(models.split(","), [int(b) for b in batches.split(",")], [int(s) for s in sizes.split(",")],
-                   tuple(modes.split(",")), iters, device, log=out.print)
+                   tuple(modes.split(",")), iters, device, log=_log)
     write_json(res, out_json, device)
     t = Table(title=f"token extraction throughput ({out_json})")
     for col in ("model", "mode", "batch", "px", "img/s", "p50 ms", "p90 ms", "out MB/s", "vs in-process"):
@@ -289,6 +300,40 @@ def perf(
         t.add_row(r.model, r.mode, str(r.batch), str(r.size), f"{r.images_per_s:.1f}", f"{r.p50_ms:.1f}", f"{r.p90_ms:.1f}",
                   f"{r.out_mb_per_s:.1f}", "-" if r.ratio_to_inprocess is None else f"{r.ratio_to_inprocess:.3f}")
     out.print(t)
+
+
+@app.command("zoo-perf", epilog="Example: pfmbench zoo-perf --device cuda --batch 64 --out .perf/zoo-h100.json")
+def zoo_perf(
+    models: Annotated[str, typer.Option(help="Comma-separated models, or * for the whole zoo.")] = "*",
+    device: Annotated[str, typer.Option(help="cpu | cuda (bf16 autocast on cuda).")] = "cpu",
+    batch: Annotated[int, typer.Option(help="Images per forward.")] = 1,
+    size: Annotated[int, typer.Option(help="Square input size in pixels (rounded down to each model's patch).")] = 224,
+    iters: Annotated[int, typer.Option(help="Timed forwards after one warm-up (the median is reported).")] = 5,
+    peak_tflops: Annotated[Optional[float], typer.Option(help="Device peak for MFU (default: H100 dense bf16, 790, on cuda).")] = None,
+    out_json: Annotated[Path, typer.Option("--out", help="Where to write the JSON results.")] = Path(".perf/zoo.json"),
+) -> None:
+    """Forward cost of each model in-process: params, tokens per image, GFLOPs, ms per batch, img/s, MFU."""
+    from harness.spec import list_models
+    from harness.zoo_perf import H100_BF16_TFLOPS, run_zoo_perf, write_json
+
+    names = list_models() if models == "*" else [get_spec_name(m) for m in models.split(",")]
+    peak = peak_tflops or (H100_BF16_TFLOPS if device.startswith("cuda") else None)
+    res = run_zoo_perf(names, device, batch, size, iters, peak, log=_log)
+    write_json(res, out_json)
+    t = Table(title=f"forward cost at {size}px, batch {batch}, {device} ({out_json})")
+    for col in ("model", "architecture", "params (M)", "tokens", "GFLOPs/img", "ms/batch", "img/s", "TFLOP/s", "MFU"):
+        t.add_column(col, justify="left" if col in ("model", "architecture") else "right")
+    for r in res:
+        t.add_row(r.model, r.arch, f"{r.params_m:.1f}", str(r.tokens), f"{r.gflops_per_image:.1f}", f"{r.ms_per_batch:.1f}",
+                  f"{r.images_per_s:.1f}", f"{r.tflops:.2f}", "-" if r.mfu is None else f"{r.mfu:.1%}")
+    out.print(t)
+
+
+def get_spec_name(name: str) -> str:
+    """Validate a model name early, with the usual one-line error."""
+    from harness.spec import get_spec
+
+    return get_spec(name).name
 
 
 @app.command()
@@ -316,7 +361,7 @@ def main(argv: list[str] | None = None) -> None:
     except PfmbenchError as exc:
         if constants.DEBUG:
             raise
-        Console(stderr=True).print(f"[red]error:[/red] {exc.one_line()}", soft_wrap=True, highlight=False, markup=True)
+        Console(stderr=True).print(f"[red]error:[/red] {escape(exc.one_line())}", soft_wrap=True, highlight=False, markup=True)
         sys.exit(exc.exit_code)
 
 

@@ -130,3 +130,15 @@ class ConfigError(PfmbenchError):
 
 class ResultsError(PfmbenchError):
     """The results store cannot be read or written."""
+
+
+class PackageError(PfmbenchError):
+    """A model's builder needs a package version that is not installed."""
+
+    def __init__(self, model: str, package: str, wanted: str, found: str | None) -> None:
+        self.model, self.package, self.wanted, self.found = model, package, wanted, found
+        have = f"{package} {found} is installed" if found else f"{package} is not installed"
+        super().__init__(
+            f"model '{model}' pins {package}=={wanted}, but {have}",
+            "run 'make setup' (it installs requirements.lock), or use the model's image (RUNTIME=docker)",
+        )

@@ -94,7 +94,12 @@ def _lock_digest() -> str:
 
 
 def ensure_wheelhouse(log: Log = print) -> Path:
-    """Every wheel of ``requirements.lock`` in ``build/wheelhouse`` (downloaded once per lock)."""
+    """Every file of ``requirements.lock`` in ``build/wheelhouse`` (downloaded once per lock).
+
+    Wheels where PyPI has them; an sdist otherwise (fairscale, which MUSK's torchscale
+    imports, ships only one). The image build turns an sdist into a wheel offline, with
+    the locked setuptools from the same wheelhouse.
+    """
     house = BUILD_DIR / "wheelhouse"
     stamp = house / f".lock-{_lock_digest()}"
     if stamp.exists():
@@ -103,7 +108,7 @@ def ensure_wheelhouse(log: Log = print) -> Path:
     lock = constants.PROJECT_ROOT / "requirements.lock"
     log(f"downloading the wheels of {lock.name} into {house} (once per lock)")
     res = subprocess.run(
-        [sys.executable, "-m", "pip", "download", "--quiet", "--no-deps", "--only-binary=:all:", "-r", str(lock), "-d", str(house)],
+        [sys.executable, "-m", "pip", "download", "--quiet", "--no-deps", "--prefer-binary", "-r", str(lock), "-d", str(house)],
         capture_output=True, text=True,
     )
     if res.returncode != 0:
@@ -134,7 +139,11 @@ def _run_build(cmd: list[str], what: str, log: Log) -> None:
         if line.startswith(("#", "Step")) and ("DONE" in line or "Step" in line):
             log(f"  {line.rstrip()}")
     if proc.wait() != 0:
-        raise ImageError(f"building {what} failed: {' | '.join(lines[-6:])}", "read the build output above; 'make base-offline' builds a base with no registry access")
+        failed = [line for line in lines if "ERROR" in line or "error:" in line.lower()]
+        for line in lines[-40:]:  # the failing step's own output, which the one-line error cannot hold
+            log(f"  | {line}")
+        raise ImageError(f"building {what} failed: {(failed or lines[-1:])[0][:300]}",
+                         "read the build output above; 'make base-offline' builds a base with no registry access")
 
 
 def build_base(base_from: str = DEFAULT_BASE_FROM, log: Log = print) -> str:

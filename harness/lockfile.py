@@ -12,16 +12,21 @@ import hashlib
 import sys
 from pathlib import Path
 
-from packaging.utils import canonicalize_name, parse_wheel_filename
+from packaging.utils import canonicalize_name, parse_sdist_filename, parse_wheel_filename
 
 from harness import constants
 
 
 def wheel_hashes(wheelhouse: Path) -> dict[tuple[str, str], list[str]]:
     out: dict[tuple[str, str], list[str]] = {}
-    for whl in sorted(wheelhouse.glob("*.whl")):
-        name, version, _, _ = parse_wheel_filename(whl.name)
-        digest = hashlib.sha256(whl.read_bytes()).hexdigest()
+    for dist in sorted(wheelhouse.iterdir()):
+        if dist.name.endswith(".whl"):
+            name, version = parse_wheel_filename(dist.name)[:2]
+        elif dist.name.endswith(".tar.gz"):
+            name, version = parse_sdist_filename(dist.name)
+        else:
+            continue
+        digest = hashlib.sha256(dist.read_bytes()).hexdigest()
         out.setdefault((canonicalize_name(name), str(version)), []).append(digest)
     return out
 

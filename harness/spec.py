@@ -14,6 +14,7 @@ from __future__ import annotations
 import fnmatch
 import hashlib
 import json
+import re
 from functools import lru_cache
 from pathlib import Path
 from typing import Any, Literal
@@ -24,9 +25,9 @@ from pydantic import BaseModel, ConfigDict, Field, ValidationError, field_valida
 from harness import constants
 from harness.errors import SpecError, UnknownModelError, first_problem
 
-Builder = Literal["timm", "transformers"]
+Builder = Literal["timm", "transformers", "open_clip", "custom"]
 
-_JSON_FIELDS = {"kwargs", "mean", "std", "blocks"}
+_JSON_FIELDS = {"kwargs", "mean", "std", "blocks", "packages", "key_map"}
 
 
 class ModelSpec(BaseModel):
@@ -39,13 +40,18 @@ class ModelSpec(BaseModel):
     source: str = Field(description="where the weights come from: 'hf:<repo>' or a URL")
     license: str
     gated: bool
+    arch: str = Field(description="architecture class for tables, e.g. 'ViT-L/16' or 'Swin-T'")
     builder: Builder
-    constructor: str = Field(description="timm model name or transformers class, e.g. 'transformers.ViTModel'")
+    constructor: str = Field(description="timm model name, 'transformers.<Class>', 'open_clip.CLIP' or a custom builder name")
     kwargs: dict[str, Any] = Field(default_factory=dict)
-    patch_size: int = Field(gt=0)
+    packages: dict[str, str] = Field(
+        default_factory=dict, description="extra packages the builder imports, pinned: {name: version}; checked at build time"
+    )
+    patch_size: int = Field(gt=0, description="token stride in pixels (Swin: the final stage's stride)")
     embed_dim: int = Field(gt=0)
-    depth: int = Field(gt=0)
+    depth: int = Field(gt=0, description="tappable blocks (ViT blocks; Swin stages)")
     prefix_tokens: int = Field(ge=0, description="CLS + register tokens before the patch grid")
+    reg_tokens: int = Field(default=0, ge=0, description="register tokens among the prefix tokens")
     native_input: int = Field(gt=0)
     mean: tuple[float, float, float]
     std: tuple[float, float, float]
@@ -53,6 +59,10 @@ class ModelSpec(BaseModel):
     params_m: float = Field(gt=0, description="published parameter count in millions (backbone, no head)")
     weights_file: str = "model.safetensors"
     weights_sha256: str | None = None
+    key_map: tuple[tuple[str, str | None], ...] = Field(
+        default=(),
+        description="checkpoint key rewrites [regex, replacement] applied in order; a null replacement drops the key",
+    )
     densebench_name: str | None = None
 
     @field_validator("std")
@@ -62,9 +72,21 @@ class ModelSpec(BaseModel):
             raise ValueError("std values must be > 0")
         return v
 
+    @field_validator("key_map")
+    @classmethod
+    def _key_map_compiles(cls, v: tuple[tuple[str, str | None], ...]) -> tuple[tuple[str, str | None], ...]:
+        for pattern, _ in v:
+            try:
+                re.compile(pattern)
+            except re.error as exc:
+                raise ValueError(f"key-map pattern {pattern!r} is not a valid regex: {exc}") from exc
+        return v
+
     @model_validator(mode="after")
     def _blocks_in_range(self) -> "ModelSpec":
         resolve_blocks(self.blocks, self.depth)
+        if self.reg_tokens >= max(self.prefix_tokens, 1) and self.reg_tokens:
+            raise ValueError(f"reg-tokens ({self.reg_tokens}) must be fewer than prefix-tokens ({self.prefix_tokens})")
         return self
 
     @property

@@ -9,6 +9,7 @@ record the exact sha256 of the weights it used (or ``random`` and its init seed)
 from __future__ import annotations
 
 import hashlib
+import re
 from collections.abc import Callable
 from dataclasses import dataclass
 from pathlib import Path
@@ -127,6 +128,43 @@ def resolve_weights(spec: ModelSpec, weights: str = "random", init_seed: int = 0
     return ResolvedWeights(kind="dir", path=path.resolve(), sha256=_verify(path, spec))
 
 
+def cached_weights(spec: ModelSpec) -> Path | None:
+    """The checkpoint already on this machine, if any: ``$PFMBENCH_WEIGHTS/<name>/`` or the hub cache.
+
+    Looks only; never downloads. ``pfmbench models`` shows it as "weights cached".
+    """
+    local = constants.WEIGHTS_DIR / spec.name
+    if local.is_dir():
+        try:
+            return _pick_file(local, spec)
+        except WeightsError:
+            pass
+    if spec.hub_repo:
+        from huggingface_hub import try_to_load_from_cache
+
+        hit = try_to_load_from_cache(spec.hub_repo, spec.weights_file)
+        if isinstance(hit, str):
+            return Path(hit)
+    return None
+
+
+def licence_notice(spec: ModelSpec, weights: ResolvedWeights) -> str | None:
+    """The licence line to show the first time real weights of ``spec`` are used here, else None.
+
+    Most PFM licences are non-commercial; a user should see the terms once, not on
+    every run. "Seen" is a marker file under ``$PFMBENCH_CACHE/licences/``.
+    """
+    if weights.kind == "random":
+        return None
+    marker = constants.CACHE_DIR / "licences" / spec.name
+    if marker.exists():
+        return None
+    marker.parent.mkdir(parents=True, exist_ok=True)
+    marker.write_text(f"{spec.license}\n")
+    gated = ", gated: you accepted its terms on the hub" if spec.gated else ""
+    return f"{spec.display_name} weights are licensed {spec.license} ({spec.source}{gated}); check that your use is allowed"
+
+
 def read_state_dict(path: Path) -> dict[str, torch.Tensor]:
     """Read a safetensors or torch checkpoint (tensors only, no pickled code)."""
     try:
@@ -157,6 +195,23 @@ def _map_keys(state: dict[str, torch.Tensor], expected: set[str]) -> dict[str, t
     return state
 
 
+def apply_key_map(state: dict[str, torch.Tensor], key_map: tuple[tuple[str, str | None], ...]) -> dict[str, torch.Tensor]:
+    """Rewrite checkpoint keys with the spec's ``key-map`` rules, in order.
+
+    Each rule is ``[regex, replacement]``: keys that match are rewritten with
+    ``re.sub``; a ``null`` replacement drops them. This is how a Dockerfile states how
+    its model's released checkpoint maps onto the architecture (CONCH keeps
+    ``visual.trunk.*``, GPFM's training dict flattens ``blocks.<chunk>.<i>``...).
+    """
+    for pattern, replacement in key_map:
+        rx = re.compile(pattern)
+        if replacement is None:
+            state = {k: v for k, v in state.items() if not rx.search(k)}
+        else:
+            state = {rx.sub(replacement, k): v for k, v in state.items()}
+    return state
+
+
 def load_into(
     module: torch.nn.Module,
     path: Path,
@@ -165,11 +220,12 @@ def load_into(
 ) -> None:
     """Load ``path`` into ``module`` strictly, with the model's own key names mapped.
 
-    ``rename`` is the builder family's mapping from checkpoint names to this library
-    version's names, applied after wrapper prefixes (``module.``...) are stripped.
+    Keys go through, in order: wrapper prefixes (``module.``...) stripped, the spec's
+    ``key-map`` rules, then ``rename``, the builder family's mapping from checkpoint
+    names to this library version's names.
     """
     expected = set(module.state_dict())
-    state = _map_keys(read_state_dict(path), expected)
+    state = apply_key_map(_map_keys(read_state_dict(path), expected), spec.key_map)
     if rename is not None:
         state = rename(state)
     state = {k: v for k, v in state.items() if k in expected or not k.startswith(("head.", "pooler."))}

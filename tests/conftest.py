@@ -8,6 +8,7 @@ from pathlib import Path
 
 _SESSION = Path(tempfile.mkdtemp(prefix="pfmbench-tests-"))
 # Set before harness.constants is imported anywhere.
+os.environ.setdefault("PFMBENCH_CACHE", str(_SESSION / "cache"))
 os.environ.setdefault("PFMBENCH_DATA", str(_SESSION / "data"))
 os.environ.setdefault("PFMBENCH_RESULTS", str(_SESSION / "results"))
 os.environ.setdefault("HF_HUB_CACHE", str(_SESSION / "hub"))

@@ -36,6 +36,25 @@ def test_unknown_model_is_one_line_listing_the_models():
     assert lines[0].startswith("error: unknown model 'nosuch'; known models: ") and "phikon" in lines[0] and "uni" in lines[0]
 
 
+def test_models_table_lists_the_zoo_with_image_and_weights_status(tmp_path):
+    weights = tmp_path / "weights"
+    (weights / "phikon").mkdir(parents=True)
+    (weights / "phikon" / "model.safetensors").write_bytes(b"x")
+    env = dict(os.environ, PFMBENCH_WEIGHTS=str(weights), DOCKER_HOST="unix:///nonexistent.sock")
+    res = subprocess.run([sys.executable, "-m", "harness.cli", "models"], capture_output=True, text=True, env=env, timeout=120)
+    assert res.returncode == 0, res.stderr
+    rows = {line.split()[1]: line for line in res.stdout.splitlines() if line.startswith("│")}
+    assert len(rows) >= 22 and {"uni2_h", "virchow2", "h_optimus_1", "h0_mini", "conch", "musk", "ctranspath"} <= set(rows)
+    for col in ("architecture", "params (M)", "licence", "gated", "image", "weights"):
+        assert col in res.stdout
+    assert "Swin-T" in rows["ctranspath"] and "GPL-3.0" in rows["ctranspath"] and "1134.8" in rows["h_optimus_0"]
+    assert rows["phikon"].rstrip(" │").endswith("yes") and rows["uni"].rstrip(" │").endswith("no")  # weights cached?
+    assert "no Docker daemon answered" in res.stdout
+    show = run("models", "show", "conch")
+    assert show.returncode == 0
+    assert '"builder": "open_clip"' in show.stdout and "visual" in show.stdout and '"native_input": 448' in show.stdout
+
+
 def test_bench_writes_one_row_and_is_deterministic(tmp_path, no_leftover_servers):
     args = ("bench", "-m", "phikon", "-d", "nuclei-sample", "--weights", "random", "--runtime", "local",
             "--epochs", "3", "--seed", "7", "--no-progress", "--results-dir", str(tmp_path))

@@ -18,7 +18,7 @@ def test_registry_finds_the_models():
     assert {"phikon", "uni"} <= set(MODELS)
     assert "_base" not in MODELS
     assert is_model("phikon") and not is_model("nosuch")
-    assert list_models("ph*") == ["phikon"]
+    assert list_models("phikon*") == ["phikon", "phikon_v2"]
 
 
 @pytest.mark.parametrize("name", MODELS)
@@ -28,7 +28,7 @@ def test_labels_describe_the_built_architecture(name):
         model = build_backbone(spec)
     params_m = sum(p.numel() for p in model.parameters()) / 1e6
     assert params_m == pytest.approx(spec.params_m, rel=0.01), f"{name}: built {params_m:.2f}M, spec says {spec.params_m}M"
-    dims = {p.shape[-1] for n, p in model.named_parameters() if n.endswith(("norm.weight", "layernorm.weight"))}
+    dims = {p.shape[-1] for n, p in model.named_parameters() if "norm" in n and n.endswith(".weight")}
     assert spec.embed_dim in dims
     assert spec.spec_hash() == get_spec(name).spec_hash()
 
@@ -52,7 +52,7 @@ def test_malformed_labels_name_the_problem(tmp_path):
     good = (Path(__file__).parents[1] / "models/phikon/Dockerfile").read_text()
     d = tmp_path / "phikon"
     d.mkdir()
-    (d / "Dockerfile").write_text(good.replace('org.pfmbench.mean="[0.485, 0.456, 0.406]"', 'org.pfmbench.mean="[0.485, 0.456"'))
+    (d / "Dockerfile").write_text(good.replace("org.pfmbench.mean='[0.485, 0.456, 0.406]'", "org.pfmbench.mean='[0.485, 0.456'"))
     with pytest.raises(SpecError, match="org.pfmbench.mean is not valid JSON"):
         parse_dockerfile(d / "Dockerfile")
     (d / "Dockerfile").write_text(good.replace('org.pfmbench.patch-size="16"', 'org.pfmbench.patch-size="zero"'))

@@ -1,46 +1,84 @@
 """Build a :class:`TokenExtractor` from a :class:`ModelSpec`, one module per library family.
 
-``build_extractor(spec, weights)`` is the only entry point: it constructs the real
-architecture (random init seeded, so two processes build identical untrained weights),
-loads weights if given, and wraps it in the family's extractor.
+``build_extractor(spec, weights)`` is the only entry point: it checks the packages the
+spec pins, constructs the real architecture (random init seeded, so two processes
+build identical untrained weights), loads weights if given, and wraps it in the
+family's extractor. Families: ``timm``, ``transformers``, ``open_clip`` and ``custom``
+(one entry per architecture in :mod:`harness.builders.custom`).
 """
 
 from __future__ import annotations
 
-import torch
+from collections.abc import Callable
+from importlib import metadata
+from typing import NamedTuple
 
-from harness.builders import timm_vit, transformers_vit
+import torch
+from torch import nn
+
+from harness.builders import custom, open_clip_tower, timm_vit, transformers_vit
 from harness.builders.base import TokenExtractor
+from harness.errors import PackageError
 from harness.spec import ModelSpec
 from harness.weights import ResolvedWeights, load_into
 
-def _same_keys(model: torch.nn.Module, state: dict[str, torch.Tensor]) -> dict[str, torch.Tensor]:
-    return state
+Rename = Callable[[nn.Module, dict[str, torch.Tensor]], dict[str, torch.Tensor]]
 
 
-#: family -> (constructor, extractor class, checkpoint key renamer)
+class Family(NamedTuple):
+    build: Callable[[ModelSpec], nn.Module]
+    extractor: type[TokenExtractor]
+    rename: Rename | None
+
+
 _FAMILIES = {
-    "timm": (timm_vit.build, timm_vit.TimmExtractor, _same_keys),
-    "transformers": (transformers_vit.build, transformers_vit.TransformersExtractor, transformers_vit.rename_keys),
+    "timm": Family(timm_vit.build, timm_vit.TimmExtractor, None),
+    "transformers": Family(transformers_vit.build, transformers_vit.TransformersExtractor, transformers_vit.rename_keys),
+    "open_clip": Family(open_clip_tower.build, open_clip_tower.OpenClipExtractor, None),
 }
 
 
-def build_backbone(spec: ModelSpec, init_seed: int = 0) -> torch.nn.Module:
-    """The bare architecture, randomly initialised from ``init_seed``."""
-    build = _FAMILIES[spec.builder][0]
+def family(spec: ModelSpec) -> Family:
+    """The builder, extractor and checkpoint renamer for ``spec``."""
+    if spec.builder == "custom":
+        if spec.constructor not in custom.CONSTRUCTORS:
+            raise ValueError(f"unknown custom constructor {spec.constructor!r}; known: {', '.join(custom.CONSTRUCTORS)}")
+        return Family(*custom.CONSTRUCTORS[spec.constructor])
+    return _FAMILIES[spec.builder]
+
+
+def check_packages(spec: ModelSpec) -> None:
+    """Fail with a one-line fix if a package the spec pins is missing or at another version."""
+    for package, wanted in spec.packages.items():
+        try:
+            found: str | None = metadata.version(package)
+        except metadata.PackageNotFoundError:
+            found = None
+        if found != wanted:
+            raise PackageError(spec.name, package, wanted, found)
+
+
+def build_backbone(spec: ModelSpec, init_seed: int = 0) -> nn.Module:
+    """The bare architecture, randomly initialised from ``init_seed``.
+
+    Under ``with torch.device("meta"):`` nothing is allocated: that is how the tests
+    count the parameters of the giants.
+    """
+    check_packages(spec)
     with torch.random.fork_rng(devices=[]):
         torch.manual_seed(init_seed)
-        return build(spec)
+        return family(spec).build(spec)
 
 
 def build_extractor(spec: ModelSpec, weights: ResolvedWeights | None = None) -> TokenExtractor:
     """Backbone + weights + the family's token extractor, in eval mode."""
     weights = weights or ResolvedWeights.random()
     backbone = build_backbone(spec, init_seed=weights.init_seed)
-    _, extractor_cls, rename = _FAMILIES[spec.builder]
+    fam = family(spec)
     if weights.path is not None:
-        load_into(backbone, weights.path, spec, rename=lambda state: rename(backbone, state))
-    return extractor_cls(spec, backbone).eval()
+        rename = None if fam.rename is None else (lambda state: fam.rename(backbone, state))
+        load_into(backbone, weights.path, spec, rename=rename)
+    return fam.extractor(spec, backbone).eval()
 
 
-__all__ = ["TokenExtractor", "build_backbone", "build_extractor"]
+__all__ = ["Family", "TokenExtractor", "build_backbone", "build_extractor", "check_packages", "family"]

@@ -1,0 +1,107 @@
+"""Forward cost of every model in the zoo: parameters, tokens, FLOPs, latency, throughput.
+
+One in-process forward of the token extractor per model (no serving): the number a
+user needs to pick a backbone for a budget, and the ceiling the served path is
+measured against. FLOPs are counted by ``torch.utils.flop_counter`` on the meta device
+(2 x MACs, the whole forward at the given size), so the model-FLOP utilisation (MFU)
+on a GPU is ``FLOPs/img x img/s / peak``. On CUDA the forward runs under bf16 autocast,
+as the server runs it; on CPU in float32.
+"""
+
+from __future__ import annotations
+
+import gc
+import json
+import time
+from dataclasses import asdict, dataclass
+from pathlib import Path
+
+import torch
+
+from harness.builders import build_backbone, family
+from harness.spec import get_spec
+
+#: Dense bf16 peak of an H100 as the benchmark counts it (TFLOP/s).
+H100_BF16_TFLOPS = 790.0
+
+
+@dataclass
+class ZooPerf:
+    model: str
+    arch: str
+    params_m: float
+    size: int
+    tokens: int
+    gflops_per_image: float
+    device: str
+    batch: int
+    ms_per_batch: float
+    images_per_s: float
+    tflops: float
+    mfu: float | None
+
+
+def count_flops(name: str, size: int) -> float:
+    """FLOPs of one image's forward at ``size`` px, counted on the meta device (nothing allocated)."""
+    from torch.utils.flop_counter import FlopCounterMode
+
+    spec = get_spec(name)
+    with torch.device("meta"):
+        ext = family(spec).extractor(spec, build_backbone(spec))
+        counter = FlopCounterMode(display=False)
+        with counter:
+            ext(torch.empty(1, 3, size, size))
+    return float(counter.get_total_flops())
+
+
+def measure(name: str, device: str = "cpu", batch: int = 1, size: int = 224, iters: int = 5,
+            peak_tflops: float | None = None) -> ZooPerf:
+    spec = get_spec(name)
+    flops = count_flops(name, size)
+    with torch.device(device):
+        backbone = build_backbone(spec)
+    ext = family(spec).extractor(spec, backbone).eval().to(device)
+    x = torch.randn(batch, 3, size, size, device=device)
+    cuda = device.startswith("cuda")
+
+    def step() -> None:
+        with torch.inference_mode(), torch.autocast("cuda", dtype=torch.bfloat16, enabled=cuda):
+            ext(x)
+        if cuda:
+            torch.cuda.synchronize()
+
+    step()  # warm-up: allocations, kernel selection
+    times = []
+    for _ in range(iters):
+        t = time.perf_counter()
+        step()
+        times.append(time.perf_counter() - t)
+    sec = sorted(times)[len(times) // 2]
+    ips = batch / sec
+    tflops = flops * ips / 1e12
+    h = size // spec.patch_size
+    del ext, backbone, x
+    gc.collect()
+    if cuda:
+        torch.cuda.empty_cache()
+    return ZooPerf(name, spec.arch, spec.params_m, size, h * h, flops / 1e9, device, batch, sec * 1e3, ips, tflops,
+                   tflops / peak_tflops if peak_tflops else None)
+
+
+def run_zoo_perf(models: list[str], device: str = "cpu", batch: int = 1, size: int = 224, iters: int = 5,
+                 peak_tflops: float | None = None, log=print) -> list[ZooPerf]:
+    out = []
+    for name in models:
+        r = measure(name, device, batch, size, iters, peak_tflops)
+        out.append(r)
+        mfu = f"  MFU {r.mfu:.1%}" if r.mfu is not None else ""
+        log(f"{name:14s} {r.params_m:8.1f} M  {r.tokens:4d} tok  {r.gflops_per_image:7.1f} GFLOP  "
+            f"{r.ms_per_batch:9.1f} ms/b{batch}  {r.images_per_s:8.1f} img/s{mfu}")
+    return out
+
+
+def write_json(results: list[ZooPerf], path: Path) -> None:
+    meta = {"torch": torch.__version__,
+            "gpu": torch.cuda.get_device_name(0) if torch.cuda.is_available() else None}
+    path.parent.mkdir(parents=True, exist_ok=True)
+    path.write_text(json.dumps({"meta": meta, "results": [asdict(r) for r in results]}, indent=1))

@@ -8,7 +8,6 @@ record the exact sha256 of the weights it used (or ``random`` and its init seed)
 
 from __future__ import annotations
 
-import hashlib
 import re
 from collections.abc import Callable
 from dataclasses import dataclass
@@ -19,6 +18,7 @@ import torch
 
 from harness import constants
 from harness.errors import GatedWeightsError, HubUnavailableError, WeightsError
+from harness.hashing import sha256_file
 from harness.spec import ModelSpec
 
 WeightsKind = Literal["random", "hub", "dir"]
@@ -49,14 +49,6 @@ class ResolvedWeights:
     def to_arg(self) -> str:
         """How to pass these weights to a server process (``random`` or a file path)."""
         return "random" if self.path is None else str(self.path)
-
-
-def sha256_file(path: Path, chunk: int = 1 << 22) -> str:
-    h = hashlib.sha256()
-    with open(path, "rb") as f:
-        while block := f.read(chunk):
-            h.update(block)
-    return h.hexdigest()
 
 
 def _pick_file(directory: Path, spec: ModelSpec) -> Path:

@@ -12,7 +12,8 @@ from safetensors.torch import save_file
 from harness.builders import build_backbone, build_extractor
 from harness.errors import GatedWeightsError, HubUnavailableError, WeightsError
 from harness.spec import get_spec
-from harness.weights import resolve_weights, sha256_file
+from harness.hashing import sha256_file
+from harness.weights import resolve_weights
 
 
 @pytest.fixture(scope="module")

@@ -10,6 +10,7 @@ from __future__ import annotations
 
 import hashlib
 import json
+import re
 from functools import lru_cache
 from pathlib import Path
 from typing import Literal
@@ -37,28 +38,74 @@ class ClassInfo(_Strict):
     color: str = Field(pattern=r"^#[0-9a-fA-F]{6}$", description="display colour, #rrggbb")
 
 
+#: On-disk formats with a loader in :mod:`harness.data.formats`.
+Format = Literal["image-mask", "mat", "npy", "xml-polygons", "geojson-polygons"]
+#: How a raw annotation becomes class indices (see :class:`MaskRule`).
+Encoding = Literal["index", "binary", "from-group", "channels", "instance-class", "polygons"]
+
+
 class Layout(_Strict):
-    """Relative paths with an ``{id}`` placeholder, e.g. ``images/{id}.png``."""
+    """Where the files of the user's download are, as patterns relative to the dataset root.
+
+    ``{id}`` names one sample; other placeholders (``{split}``, ``{group}``, ``{fold}``)
+    capture path parts and are available to the split and mask rules; ``{ext}`` matches
+    any image extension. For ``npy`` there is no ``{id}``: every row of the matched array
+    file is a sample.
+    """
 
     images: str
     masks: str
+    exclude: str | None = Field(default=None, description="regex of paths that match `images` but are not images (masks beside them)")
 
     @field_validator("images", "masks")
     @classmethod
-    def _has_id(cls, v: str) -> str:
-        if v.count("{id}") != 1:
-            raise ValueError("must contain '{id}' exactly once")
+    def _placeholders(cls, v: str) -> str:
+        for name in re.findall(r"{([^}]*)}", v):
+            if not re.fullmatch(r"[a-z_]+", name):
+                raise ValueError(f"placeholder {{{name}}} must be lower-case letters")
+        if v.count("{id}") > 1:
+            raise ValueError("'{id}' may appear once")
         return v
+
+    def fields(self, which: Literal["images", "masks"]) -> list[str]:
+        return re.findall(r"{([a-z_]+)}", getattr(self, which))
+
+
+class MaskRule(_Strict):
+    """How the original annotation becomes a mask of class indices.
+
+    - ``index``: pixel values are class indices (``values`` remaps raw values first).
+    - ``binary``: every non-zero value is class 1 (instance maps, 0/255 masks).
+    - ``from-group``: foreground takes the class named by the ``{group}`` folder (``groups``).
+    - ``channels``: one channel per class (``channels[i]`` = class of channel i, null = none); non-zero wins.
+    - ``instance-class``: an instance map plus a per-instance class vector (``key``, ``class_key``, ``id_key``).
+    - ``polygons``: rasterised polygons; ``values`` maps a polygon's class name to a class, absent = 1.
+    """
+
+    encoding: Encoding = "index"
+    key: str | None = Field(default=None, description="array name inside a .mat / .npz, or the channel of an RGB mask")
+    class_key: str | None = None
+    id_key: str | None = None
+    channel: int | None = Field(default=None, ge=0, description="read one channel of a multi-channel mask")
+    values: dict[int | str, int] = Field(default_factory=dict, description="raw value (or polygon class name) -> class index")
+    groups: dict[str, int] = Field(default_factory=dict, description="from-group: folder name -> class index")
+    channels: tuple[int | None, ...] = ()
 
 
 class Expected(_Strict):
-    files: int = Field(gt=0, description="number of image/mask pairs")
+    files: int | None = Field(default=None, gt=0, description="number of samples; null where no source states it")
+    sha256: dict[str, str] = Field(default_factory=dict, description="relative path -> published sha256")
 
 
 class Split(_Strict):
-    rule: Literal["seeded"] = "seeded"
+    """``seeded``: pooled, shuffled with ``seed``, cut at ``ratios`` (the reference's 70/20/10).
+    ``official``: the release's own split from the ``{split}`` placeholder (``official`` maps folder
+    values to train/val/test); with no val part, val is cut from train with the seeded val share."""
+
+    rule: Literal["seeded", "official"] = "seeded"
     ratios: tuple[float, float, float] = (0.7, 0.2, 0.1)
     seed: int = 42
+    official: dict[str, Literal["train", "val", "test"]] = Field(default_factory=dict)
 
     @field_validator("ratios")
     @classmethod
@@ -66,6 +113,12 @@ class Split(_Strict):
         if abs(sum(v) - 1.0) > 1e-6 or min(v) <= 0:
             raise ValueError(f"train/val/test ratios must be > 0 and sum to 1, got {list(v)}")
         return v
+
+    @model_validator(mode="after")
+    def _official_has_parts(self) -> "Split":
+        if self.rule == "official" and not {"train", "test"} <= set(self.official.values()):
+            raise ValueError("an official split must map folder values to at least train and test")
+        return self
 
 
 class InputSize(_Strict):
@@ -91,14 +144,17 @@ class DatasetCard(_Strict):
     modality: str
     classes: tuple[ClassInfo, ...] = Field(min_length=2)
     ignore_index: int = 255
-    format: Literal["png-pairs"]
+    format: Format
     layout: Layout
+    mask: MaskRule = MaskRule()
     expected: Expected
     split: Split = Split()
     input_size: InputSize
     metric: Literal["mDice", "mIoU"] = "mDice"
     generator: str | None = Field(default=None, description="built-in generator that materialises this dataset")
     default_epochs: int | None = Field(default=None, gt=0, description="shorter default schedule for demo cards")
+    densebench_name: str | None = Field(default=None, description="the dataset's key in the PFM-DenseBench results")
+    unverified: tuple[str, ...] = Field(default=(), description="card fields no primary source confirmed")
 
     @model_validator(mode="after")
     def _classes_contiguous(self) -> "DatasetCard":
@@ -107,6 +163,23 @@ class DatasetCard(_Strict):
             raise ValueError(f"class indices must be 0..{len(idx) - 1} in order, got {idx}")
         if self.ignore_index in idx:
             raise ValueError(f"ignore_index {self.ignore_index} collides with a class index")
+        k = len(idx)
+        targets = list(self.mask.values.values()) + list(self.mask.groups.values()) + [c for c in self.mask.channels if c is not None]
+        bad = [t for t in targets if not (0 <= t < k or t == self.ignore_index)]
+        if bad:
+            raise ValueError(f"mask rule maps to {bad}, outside the classes 0..{k - 1} and ignore {self.ignore_index}")
+        fields = set(self.layout.fields("images"))
+        if self.format == "npy":
+            if "id" in fields:
+                raise ValueError("npy layouts have no {id}: each row of an array file is a sample")
+        elif "id" not in fields:
+            raise ValueError("layout.images must contain {id}")
+        if not set(self.layout.fields("masks")) <= fields:
+            raise ValueError("layout.masks may only use placeholders that layout.images has")
+        if self.split.rule == "official" and "split" not in fields:
+            raise ValueError("an official split needs a {split} placeholder in layout.images")
+        if self.mask.encoding == "from-group" and "group" not in fields:
+            raise ValueError("mask encoding from-group needs a {group} placeholder in layout.images")
         return self
 
     @property

@@ -1,96 +1,151 @@
-"""Read a dataset described by a card: discover pairs, validate them, split, and resize.
+"""Find, split and read the samples of a dataset described by a card.
 
-Loaders are per on-disk *format*; ``png-pairs`` (an RGB image and a single-channel mask
-of class indices per id) is the one the reference code consumes, and the one every
-other format is converted to.
+Discovery is driven by the card's layout patterns (see :class:`~harness.data.cards.Layout`);
+reading and label conversion are per on-disk format (:mod:`harness.data.formats`). Every
+problem is a :class:`DataError` that names the file, so a bad download is reported in
+one line before anything is written.
 """
 
 from __future__ import annotations
 
+import json
 import re
 from dataclasses import dataclass
 from pathlib import Path
 
 import numpy as np
-from PIL import Image, UnidentifiedImageError
+from PIL import Image
 
 from harness import constants
 from harness.data.cards import DatasetCard
+from harness.data.formats import IMAGE_SUFFIXES, Sample, npy_rows, read_sample
 from harness.data.samples import materialise
 from harness.errors import DataError
 
 SPLITS = ("train", "val", "test")
+#: Written by ``pfmbench data prepare --from <dir>``: where a user's download lives.
+SOURCE_FILE = "source.json"
+
+__all__ = ["SPLITS", "Sample", "SplitArrays", "dataset_root", "discover", "load_split_arrays", "read_pair", "resize_pair", "split"]
 
 
-@dataclass(frozen=True)
-class Sample:
-    ident: str
-    image: Path
-    mask: Path
+def prepared_dir(card: DatasetCard, data_dir: Path | None = None) -> Path:
+    """``<data_dir>/<card>``: the index, preview and source pointer of a prepared dataset."""
+    return (data_dir or constants.DATA_DIR) / card.name
 
 
 def dataset_root(card: DatasetCard, data_dir: Path | None = None) -> Path:
-    """Where the card's files are: ``<data_dir>/<card>``; built-in samples are generated there."""
-    root = (data_dir or constants.DATA_DIR) / card.name
+    """Where the card's files are: generated for built-in samples, else the prepared download."""
+    here = prepared_dir(card, data_dir)
     if card.generator:
-        return materialise(card, root)
-    if not root.is_dir():
-        raise DataError(f"dataset '{card.name}' not found at {root}", f"download it ({card.source.url}) and run 'pfmbench data prepare {card.name} --from <dir>'")
-    return root
+        return materialise(card, here)
+    pointer = here / SOURCE_FILE
+    if pointer.is_file():
+        root = Path(json.loads(pointer.read_text())["root"])
+        if root.is_dir():
+            return root
+        raise DataError(f"dataset '{card.name}' was prepared from {root}, which no longer exists", f"run 'pfmbench data prepare {card.name} --from <dir>' again")
+    raise DataError(f"dataset '{card.name}' is not prepared", f"download it ({card.source.url}) and run 'pfmbench data prepare {card.name} --from <dir>'")
 
 
-def discover(card: DatasetCard, root: Path) -> list[Sample]:
-    """All (image, mask) pairs of the layout, sorted by id; missing masks and wrong counts are errors."""
-    pattern = card.layout.images
-    prefix, suffix = pattern.split("{id}")
-    regex = re.compile("^" + re.escape(prefix) + "(?P<id>.+?)" + re.escape(suffix) + "$")
-    samples = []
-    for path in sorted(root.glob(pattern.replace("{id}", "*"))):
-        match = regex.match(path.relative_to(root).as_posix())
-        if not match:
+def _pattern(pattern: str) -> tuple[re.Pattern[str], str]:
+    """A layout pattern as a regex over relative POSIX paths, and as a glob."""
+    regex, seen = "", set()
+    for part in re.split(r"({[a-z_]+})", pattern):
+        if not part.startswith("{"):
+            regex += re.escape(part)
             continue
-        ident = match["id"]
-        mask = root / card.layout.masks.replace("{id}", ident)
+        name = part[1:-1]
+        if name in seen:  # the same placeholder again must repeat the same text
+            regex += f"(?P={name})"
+        elif name == "ext":
+            regex += "(?P<ext>(?i:{}))".format("|".join(s[1:] for s in IMAGE_SUFFIXES))
+        else:
+            regex += f"(?P<{name}>[^/]+?)"
+        seen.add(name)
+    return re.compile(regex), re.sub(r"{[a-z_]+}", "*", pattern)
+
+
+def _expected_example(card: DatasetCard) -> str:
+    return card.layout.images.replace("{ext}", "png").replace("{", "<").replace("}", ">")
+
+
+def discover(card: DatasetCard, root: Path, check_count: bool = True) -> list[Sample]:
+    """All samples of the layout, sorted by id; a missing mask, a duplicate id or a wrong count is an error."""
+    if not root.is_dir():
+        raise DataError(f"{card.name}: {root} is not a directory", "pass the folder the download was unpacked into")
+    if not any(root.iterdir()):
+        raise DataError(f"{card.name}: {root} is empty", f"unpack the download ({card.source.url}) into it")
+    regex, glob = _pattern(card.layout.images)
+    found = sorted(root.glob(glob))
+    matches = [(p, regex.fullmatch(p.relative_to(root).as_posix())) for p in found if p.is_file()]
+    skip = re.compile(card.layout.exclude) if card.layout.exclude else None
+    matches = [(p, m) for p, m in matches if m and not (skip and skip.search(p.relative_to(root).as_posix()))]
+    if not matches:
+        raise DataError(
+            f"{card.name}: no file under {root} matches the layout '{card.layout.images}'",
+            f"the card expects files like {root}/{_expected_example(card)}; point --from at the folder that holds them",
+        )
+    samples: list[Sample] = []
+    seen: dict[str, Path] = {}
+    for path, m in matches:
+        fields = {k: v for k, v in m.groupdict().items()}
+        mask = root / card.layout.masks.format(**fields)
         if not mask.is_file():
-            raise DataError(f"{card.name}: image {path.name} has no mask at {mask}")
-        samples.append(Sample(ident, path, mask))
-    if len(samples) != card.expected.files:
-        raise DataError(f"{card.name}: found {len(samples)} image/mask pairs under {root}, the card expects {card.expected.files}")
+            raise DataError(f"{card.name}: {path}: no mask at {mask}", "restore the missing annotation, or remove the image")
+        all_fields = {k: v for k, v in fields.items() if k != "ext"}
+        # A sample is named by what names its annotation: two images for one mask are duplicates.
+        key_fields = {k: v for k, v in all_fields.items() if k in card.layout.fields("masks") or k == "split"}
+        if card.format == "npy":
+            prefix = "-".join(key_fields.values())
+            samples += [Sample(f"{prefix}-{i:05d}" if prefix else f"{i:05d}", path, mask, all_fields, i) for i in range(npy_rows(card, path))]
+            continue
+        ident = "/".join(key_fields.values())
+        if ident in seen:
+            raise DataError(f"{card.name}: {path}: duplicate sample id '{ident}' (also {seen[ident]})", "keep one copy of each image")
+        seen[ident] = path
+        samples.append(Sample(ident, path, mask, all_fields))
+    if check_count and card.expected.files is not None and len(samples) != card.expected.files:
+        raise DataError(
+            f"{card.name}: found {len(samples)} samples under {root}, the card expects {card.expected.files}",
+            "check that the download is complete (or that --from points at the whole dataset)",
+        )
     return samples
 
 
+def _cut(n: int, ratios: tuple[float, ...], seed: int) -> list[np.ndarray]:
+    order = np.random.RandomState(seed).permutation(n)
+    bounds = np.cumsum([int(round(n * r)) for r in ratios[:-1]])
+    return np.split(order, bounds)
+
+
 def split(card: DatasetCard, samples: list[Sample]) -> dict[str, list[Sample]]:
-    """The reference split: ids shuffled with the card's seed, cut at the card's ratios (70/20/10)."""
-    n = len(samples)
-    order = np.random.RandomState(card.split.seed).permutation(n)
-    n_train = int(round(n * card.split.ratios[0]))
-    n_val = int(round(n * card.split.ratios[1]))
-    if min(n_train, n_val, n - n_train - n_val) < 1:
-        raise DataError(f"{card.name}: {n} samples are too few for a {list(card.split.ratios)} split")
-    cuts = {"train": order[:n_train], "val": order[n_train:n_train + n_val], "test": order[n_train + n_val:]}
-    return {name: [samples[i] for i in sorted(idx)] for name, idx in cuts.items()}
+    """The card's split: pooled and seeded (70/20/10 by default), or the release's own."""
+    rule = card.split
+    if rule.rule == "seeded":
+        parts = _cut(len(samples), rule.ratios, rule.seed)
+        out = {name: [samples[i] for i in sorted(idx)] for name, idx in zip(SPLITS, parts)}
+    else:
+        out = {name: [] for name in SPLITS}
+        for s in samples:
+            value = s.fields.get("split", "")
+            if value not in rule.official:
+                raise DataError(f"{card.name}: {s.image}: split folder '{value}' is not in the card's official split {sorted(rule.official)}")
+            out[rule.official[value]].append(s)
+        if not out["val"]:
+            train = out["train"]
+            share = rule.ratios[1] / (rule.ratios[0] + rule.ratios[1])
+            tr, va = _cut(len(train), (1 - share, share), rule.seed)
+            out["train"], out["val"] = [train[i] for i in sorted(tr)], [train[i] for i in sorted(va)]
+    small = [name for name, part in out.items() if not part]
+    if small:
+        raise DataError(f"{card.name}: {len(samples)} samples leave the {'/'.join(small)} split empty", "the dataset is too small for this split")
+    return out
 
 
 def read_pair(card: DatasetCard, sample: Sample) -> tuple[np.ndarray, np.ndarray]:
-    """Image ``uint8 [H, W, 3]`` and mask ``uint8 [H, W]``, checked against the card."""
-    try:
-        image = np.asarray(Image.open(sample.image).convert("RGB"))
-        mask_img = Image.open(sample.mask)
-        mask = np.asarray(mask_img if mask_img.mode in ("L", "P", "I", "I;16") else mask_img.convert("L"))
-    except (OSError, UnidentifiedImageError) as exc:
-        raise DataError(f"{card.name}: cannot read {sample.ident}: {exc}", "replace the corrupt file from the original download") from exc
-    if mask.ndim != 2:
-        raise DataError(f"{card.name}: mask {sample.mask.name} has shape {mask.shape}, expected a single channel")
-    if image.shape[:2] != mask.shape:
-        raise DataError(f"{card.name}: image {sample.image.name} is {image.shape[1]}x{image.shape[0]} but its mask is {mask.shape[1]}x{mask.shape[0]}")
-    values = np.unique(mask)
-    bad = [int(v) for v in values if v >= card.num_classes and v != card.ignore_index]
-    if bad:
-        raise DataError(
-            f"{card.name}: mask {sample.mask.name} has values {bad} outside the classes 0..{card.num_classes - 1} (and ignore {card.ignore_index})",
-            "masks must hold class indices; remap the labels as the card's derivation says",
-        )
-    return image, mask.astype(np.uint8)
+    """Image ``uint8 [H, W, 3]`` and mask ``uint8 [H, W]`` of class indices, checked against the card."""
+    return read_sample(card, sample)
 
 
 def resize_pair(image: np.ndarray, mask: np.ndarray, size: int) -> tuple[np.ndarray, np.ndarray]:

@@ -23,7 +23,10 @@ from pydantic import ValidationError
 
 from harness.config import PRESETS, RunConfig, run_key
 from harness.data.cards import DatasetCard, get_card
-from harness.data.loader import SPLITS, SplitArrays, dataset_root, discover, load_split_arrays, split
+from harness.data.loader import SPLITS, Sample, SplitArrays, dataset_root, discover, load_originals, load_split_arrays, split
+from harness.infer.sliding import sliding_window
+from harness.metrics.instances import score_instances
+from harness.metrics.segmentation import evaluate, per_image_confusion
 from harness.errors import ConfigError
 from harness.progress import progress_bar
 from harness.results import provenance
@@ -50,10 +53,30 @@ def extract_features(runtime: Runtime, images: np.ndarray, blocks: tuple[int, ..
     return np.concatenate(out)
 
 
-def _load_splits(card: DatasetCard, size: int, data_dir: Path | None) -> dict[str, SplitArrays]:
+def _load_splits(card: DatasetCard, size: int, data_dir: Path | None) -> tuple[dict[str, SplitArrays], dict[str, list[Sample]]]:
     root = dataset_root(card, data_dir)
     parts = split(card, discover(card, root))
-    return {name: load_split_arrays(card, parts[name], size) for name in SPLITS}
+    return {name: load_split_arrays(card, parts[name], size) for name in SPLITS}, parts
+
+
+def _finite(value: float) -> float | None:
+    return None if value != value else float(value)  # NaN (nothing to score) is stored as null
+
+
+def slide_predict(runtime: Runtime, decoder: torch.nn.Module, images: list[np.ndarray], blocks: tuple[int, ...], window: int,
+                  overlap: float, blend: str, batch: int = EXTRACT_BATCH, on_batch=None) -> list[np.ndarray]:
+    """Argmax class maps at the original resolution: windows through the runtime and the decoder, logits blended."""
+
+    def predict(tiles: np.ndarray) -> np.ndarray:
+        tokens, _ = runtime.infer(tiles, blocks)
+        with torch.inference_mode():
+            logits = decoder(torch.from_numpy(tokens)).float().numpy()
+        if on_batch:
+            on_batch(len(tiles))
+        return logits
+
+    logits = sliding_window(images, predict, window, overlap, blend, batch)  # type: ignore[arg-type]
+    return [lg.argmax(0).astype(np.uint8) for lg in logits]
 
 
 def run_bench(
@@ -83,35 +106,54 @@ def run_bench(
     weights = resolve_weights(spec, cfg.weights, init_seed=cfg.init_seed)
     if notify is not None and (notice := licence_notice(spec, weights)):
         notify(notice)
-    data = _load_splits(card, size, data_dir)
+    data, parts = _load_splits(card, size, data_dir)
     torch.manual_seed(cfg.seed)
 
     runtime_kwargs = {"image": image} if image else {}
-    with make_runtime(cfg.runtime, spec, weights, endpoint=endpoint, **runtime_kwargs) as runtime, progress_bar(show_progress) as bar:
-        total = sum(len(d.images) for d in data.values())
-        task = bar.add_task(f"features {spec.name} ({runtime.name})", total=total, info=f"{size}px blocks {list(blocks)}")
-        feats = {
-            name: SplitFeatures(extract_features(runtime, d.images, blocks, on_batch=lambda n: bar.advance(task, n)), d.masks)
-            for name, d in data.items()
-        }
+    with make_runtime(cfg.runtime, spec, weights, endpoint=endpoint, **runtime_kwargs) as runtime:
+        with progress_bar(show_progress) as bar:
+            total = sum(len(d.images) for d in data.values())
+            task = bar.add_task(f"features {spec.name} ({runtime.name})", total=total, info=f"{size}px blocks {list(blocks)}")
+            feats = {
+                name: SplitFeatures(extract_features(runtime, d.images, blocks, on_batch=lambda n: bar.advance(task, n)), d.masks)
+                for name, d in data.items()
+            }
         transfer, digest = runtime.transfer, runtime.image_digest
+        if cfg.inference == "resize":  # nothing more to extract: free the server before training
+            runtime.stop()
 
-    with progress_bar(show_progress) as bar:
-        task = bar.add_task(f"train {cfg.decoder} decoder", total=cfg.epochs, info="")
+        with progress_bar(show_progress) as bar:
+            task = bar.add_task(f"train {cfg.decoder} decoder", total=cfg.epochs, info="")
 
-        def on_epoch(epoch: int, rec: dict[str, float]) -> None:
-            bar.update(task, advance=1, info=f"loss {rec['loss']:.4f} val {cfg.select_metric} {rec['val_' + cfg.select_metric]:.4f}")
+            def on_epoch(epoch: int, rec: dict[str, float]) -> None:
+                bar.update(task, advance=1, info=f"loss {rec['loss']:.4f} val {cfg.select_metric} {rec['val_' + cfg.select_metric]:.4f}")
 
-        result = train_frozen(cfg, feats["train"], feats["val"], feats["test"], card.num_classes, spec.patch_size, card.ignore_index, on_epoch)
+            test_feats = feats["test"] if cfg.inference == "resize" else None
+            result = train_frozen(cfg, feats["train"], feats["val"], test_feats, card.num_classes, spec.patch_size, card.ignore_index, on_epoch)
 
-    row = _make_row(cfg, spec, card, weights.label, blocks, size, data, result, transfer, digest, time.perf_counter() - started)
+        if cfg.inference == "resize":
+            preds, truth, true_inst = list(result.test_pred), list(data["test"].masks), data["test"].instances
+        else:
+            originals = load_originals(card, parts["test"])
+            window = cfg.window or size
+            with progress_bar(show_progress) as bar:
+                task = bar.add_task(f"slide {window}px (overlap {cfg.overlap})", total=None, info="")
+                preds = slide_predict(runtime, result.decoder, originals.images, blocks, window, cfg.overlap, cfg.blend,
+                                      on_batch=lambda n: bar.advance(task, n))
+            truth, true_inst = originals.masks, originals.instances
+            result.test = evaluate(per_image_confusion(preds, truth, card.num_classes, card.ignore_index), n_boot=cfg.n_bootstrap, seed=cfg.seed)
+    instance_scores = score_instances(preds, truth, true_inst, card.num_classes) if card.instances and true_inst is not None else None
+
+    row = _make_row(cfg, spec, card, weights.label, blocks, size, data, result, transfer, digest, time.perf_counter() - started, instance_scores)
     if write:
         write_row(row, results_dir)
     return row
 
 
-def _make_row(cfg, spec, card, weights_label, blocks, size, data, result: FrozenResult, transfer, digest, wall) -> ResultRow:
+def _make_row(cfg, spec, card, weights_label, blocks, size, data, result: FrozenResult, transfer, digest, wall,
+              instance_scores: dict[str, float] | None = None) -> ResultRow:
     rep = result.test
+    assert rep is not None
     metric_cols: dict[str, float] = {}
     for m in METRICS:
         metric_cols[m] = rep.metrics[m]
@@ -136,6 +178,9 @@ def _make_row(cfg, spec, card, weights_label, blocks, size, data, result: Frozen
         input_size=size,
         blocks=list(blocks),
         inference=cfg.inference,
+        window=(cfg.window or size) if cfg.inference == "slide" else None,
+        overlap=cfg.overlap if cfg.inference == "slide" else None,
+        **{k: _finite(v) for k, v in (instance_scores or {}).items()},
         runtime=cfg.runtime,
         transfer=transfer,
         image_digest=digest,

@@ -83,6 +83,9 @@ def bench(
     batch_size: Annotated[Optional[int], typer.Option(help="Decoder batch size (default 8).")] = None,
     lr: Annotated[Optional[float], typer.Option(help="Learning rate (default 1e-3).")] = None,
     input_size: Annotated[Optional[int], typer.Option(help="Square input size (default: the card's rule for the model's patch size).")] = None,
+    inference: Annotated[Optional[str], typer.Option(help="Test-time inference: resize (the reference; densebench preset) | slide (windows at the original resolution; corrected preset).")] = None,
+    window: Annotated[Optional[int], typer.Option(help="Slide window in px (default: the input size).")] = None,
+    overlap: Annotated[Optional[float], typer.Option(help="Slide overlap between windows, 0..<1 (default 0.2).")] = None,
     endpoint: Annotated[Optional[str], typer.Option(help="host:port of a running feature server (e.g. from compose/serve.yml); nothing is started.")] = None,
     results_dir: ResultsOpt = None,
     data_dir: DataDirOpt = None,
@@ -95,10 +98,12 @@ def bench(
     cfg, why = resolve_config(
         model, dataset, runtime="endpoint" if endpoint else runtime, preset=preset, strategy=strategy, weights=weights, epochs=epochs,
         seed=seed, decoder=decoder, blocks=block_list, batch_size=batch_size, lr=lr, input_size=input_size,
+        inference=inference, window=window, overlap=overlap,
     )
     if endpoint:
         why = f"the server at {endpoint}"
-    out.print(f"[dim]{model} on {dataset}: {cfg.strategy}, {cfg.epochs} epochs, preset {cfg.preset}, weights {cfg.weights}; {why}[/dim]")
+    out.print(f"[dim]{model} on {dataset}: {cfg.strategy}, {cfg.epochs} epochs, preset {cfg.preset}, weights {cfg.weights}, "
+              f"inference {cfg.inference}; {why}[/dim]")
     row = run_bench(cfg, results_dir=results_dir, data_dir=data_dir, show_progress=progress, endpoint=endpoint,
                     notify=lambda msg: out.print(f"[yellow]licence:[/yellow] {msg}"))
     _print_row(row.model_dump())
@@ -122,6 +127,14 @@ def _print_row(row: dict) -> None:
     for name, iou, dice in zip(row["class_names"], row["per_class_iou"], row["per_class_dice"]):
         c.add_row(name, "absent" if iou is None else f"{iou:.4f}", "absent" if dice is None else f"{dice:.4f}")
     out.print(c)
+    from harness.results.schema import INSTANCE_METRICS
+
+    if any(row.get(m) is not None for m in INSTANCE_METRICS):
+        i = Table(title="instances (nuclei; IoU > 0.5 matching, watershed-split predictions)")
+        for m in INSTANCE_METRICS:
+            i.add_column(m, justify="right")
+        i.add_row(*["-" if row.get(m) is None else f"{row[m]:.4f}" for m in INSTANCE_METRICS])
+        out.print(i)
 
 
 @models_app.callback(invoke_without_command=True)

@@ -25,11 +25,13 @@ PRESETS: dict[str, dict[str, object]] = {
     "densebench": {
         "epochs": 150, "batch_size": 8, "lr": 1e-3, "weight_decay": 1e-4, "grad_clip": 5.0,
         "warmup_epochs": 2, "schedule": "densebench", "cosine_t_max": 100, "select_metric": "mIoU",
+        "inference": "resize",
     },
     # Same recipe with the schedule bugs fixed and selection on the headline metric.
     "corrected": {
         "epochs": 150, "batch_size": 8, "lr": 1e-3, "weight_decay": 1e-4, "grad_clip": 5.0,
         "warmup_epochs": 2, "schedule": "cosine", "cosine_t_max": None, "select_metric": "mDice",
+        "inference": "slide",
     },
 }
 
@@ -59,7 +61,12 @@ class RunConfig(BaseModel):
     blocks: tuple[int, ...] | None = None
     input_size: int | None = None
     augment: Literal["none"] = "none"
-    inference: Literal["resize"] = "resize"
+    #: Test-time inference: ``resize`` (the reference: images and labels resized to the input size)
+    #: or ``slide`` (windows at the original resolution, logits blended, original labels).
+    inference: Literal["resize", "slide"] = "resize"
+    window: int | None = Field(default=None, gt=0, description="slide window in px (default: the input size)")
+    overlap: float = Field(default=0.2, ge=0, lt=1)
+    blend: Literal["gaussian", "linear", "uniform"] = "gaussian"
     n_bootstrap: int = Field(default=1000, ge=0)
     #: Not part of the run key: where the model runs does not change the numbers.
     runtime: str = "local"

@@ -154,6 +154,7 @@ class DatasetCard(_Strict):
     generator: str | None = Field(default=None, description="built-in generator that materialises this dataset")
     default_epochs: int | None = Field(default=None, gt=0, description="shorter default schedule for demo cards")
     densebench_name: str | None = Field(default=None, description="the dataset's key in the PFM-DenseBench results")
+    instances: bool = Field(default=False, description="nuclei: instance metrics (PQ, AJI, detection F1) are scored")
     unverified: tuple[str, ...] = Field(default=(), description="card fields no primary source confirmed")
 
     @model_validator(mode="after")

@@ -251,3 +251,58 @@ def to_classes(card: DatasetCard, sample: Sample, raw: np.ndarray) -> np.ndarray
         raise _fail(card, sample.mask, f"label values {bad[:6]} are outside the classes 0..{card.num_classes - 1} (ignore {card.ignore_index})",
                     "the mask does not follow the card's encoding; check the download against the card")
     return out.astype(np.uint8)
+
+
+def _components(classes: np.ndarray) -> np.ndarray:
+    """Connected components of each class (class 0 = background), as one instance map."""
+    from scipy import ndimage
+
+    inst = np.zeros(classes.shape, np.int32)
+    offset = 0
+    for c in np.unique(classes):
+        if c == 0 or c == 255:
+            continue
+        lab, n = ndimage.label(classes == c)
+        inst[lab > 0] = lab[lab > 0] + offset
+        offset += n
+    return inst
+
+
+def read_instances(card: DatasetCard, sample: Sample, classes: np.ndarray) -> np.ndarray:
+    """The true instance map of a sample: the release's own where it has one, else connected components.
+
+    Own maps: ``inst_map`` in ``.mat`` labels, PanNuke's per-class instance channels, CoNIC's
+    instance channel, one id per polygon, instance-id masks (more than two values). Only
+    pixels of a non-background class keep an id.
+    """
+    inst: np.ndarray | None = None
+    if card.format == "mat":
+        mat = _read_mat(card, sample.mask)
+        if "inst_map" in mat:
+            inst = np.asarray(mat["inst_map"]).astype(np.int64)
+    elif card.format == "npy":
+        raw = np.asarray(_npy(card, sample.mask)[sample.row])
+        if card.mask.encoding == "channels":
+            inst = np.zeros(raw.shape[:2], np.int64)
+            for ch, cls in enumerate(card.mask.channels):
+                if cls is not None:
+                    layer = raw[..., ch].astype(np.int64)
+                    inst = np.where(layer > 0, layer + inst.max() + 1, inst) if (layer > 0).any() else inst
+        elif raw.ndim == 3:
+            inst = raw[..., 0].astype(np.int64)
+    elif card.format in ("xml-polygons", "geojson-polygons"):
+        polys = _polygons_xml(sample.mask) if card.format == "xml-polygons" else _polygons_geojson(sample.mask)
+        canvas = Image.new("I", (classes.shape[1], classes.shape[0]), 0)
+        draw = ImageDraw.Draw(canvas)
+        for i, (_, pts) in enumerate(polys, 1):
+            if len(pts) >= 3:
+                draw.polygon(pts, fill=i, outline=i)
+        inst = np.asarray(canvas).astype(np.int64)
+    elif card.format == "image-mask" and card.mask.encoding == "binary":
+        raw = _read_mask_image(card, sample.mask)
+        if len(np.unique(raw)) > 2:
+            inst = raw.astype(np.int64)
+    if inst is None or inst.shape != classes.shape:
+        inst = _components(classes)
+    inst = np.where((classes > 0) & (classes != card.ignore_index), inst, 0)
+    return inst

@@ -18,7 +18,7 @@ from PIL import Image
 
 from harness import constants
 from harness.data.cards import DatasetCard
-from harness.data.formats import IMAGE_SUFFIXES, Sample, npy_rows, read_sample
+from harness.data.formats import IMAGE_SUFFIXES, Sample, npy_rows, read_instances, read_sample
 from harness.data.samples import materialise
 from harness.errors import DataError
 
@@ -26,7 +26,8 @@ SPLITS = ("train", "val", "test")
 #: Written by ``pfmbench data prepare --from <dir>``: where a user's download lives.
 SOURCE_FILE = "source.json"
 
-__all__ = ["SPLITS", "Sample", "SplitArrays", "dataset_root", "discover", "load_split_arrays", "read_pair", "resize_pair", "split"]
+__all__ = ["SPLITS", "OriginalSplit", "Sample", "SplitArrays", "dataset_root", "discover", "load_originals", "load_split_arrays",
+           "read_pair", "resize_pair", "split"]
 
 
 def prepared_dir(card: DatasetCard, data_dir: Path | None = None) -> Path:
@@ -162,12 +163,41 @@ class SplitArrays:
     images: np.ndarray  # uint8 [N, S, S, 3]
     masks: np.ndarray  # uint8 [N, S, S]
     ids: list[str]
+    instances: np.ndarray | None = None  # int [N, S, S], cards with instances only
 
 
 def load_split_arrays(card: DatasetCard, samples: list[Sample], size: int) -> SplitArrays:
-    """Read, validate and resize a split into arrays (the small-data path used by the frozen strategy)."""
+    """Read, validate and resize a split into arrays (the small-data path used by the frozen strategy).
+
+    For cards with instances, the true instance maps are resized too (nearest neighbour).
+    """
     images = np.empty((len(samples), size, size, 3), np.uint8)
     masks = np.empty((len(samples), size, size), np.uint8)
+    instances = np.empty((len(samples), size, size), np.int64) if card.instances else None
     for i, s in enumerate(samples):
-        images[i], masks[i] = resize_pair(*read_pair(card, s), size)
-    return SplitArrays(images, masks, [s.ident for s in samples])
+        image, mask = read_pair(card, s)
+        images[i], masks[i] = resize_pair(image, mask, size)
+        if instances is not None:
+            inst = read_instances(card, s, mask)
+            instances[i] = np.asarray(Image.fromarray(inst.astype(np.int32)).resize((size, size), Image.NEAREST))
+    return SplitArrays(images, masks, [s.ident for s in samples], instances)
+
+
+@dataclass
+class OriginalSplit:
+    """A split at the original resolution (sizes differ per image): what ``slide`` inference scores."""
+
+    images: list[np.ndarray]
+    masks: list[np.ndarray]
+    instances: list[np.ndarray] | None
+
+
+def load_originals(card: DatasetCard, samples: list[Sample]) -> OriginalSplit:
+    images, masks, instances = [], [], []
+    for s in samples:
+        image, mask = read_pair(card, s)
+        images.append(image)
+        masks.append(mask)
+        if card.instances:
+            instances.append(read_instances(card, s, mask))
+    return OriginalSplit(images, masks, instances if card.instances else None)

@@ -12,10 +12,12 @@ from datetime import datetime
 
 from pydantic import BaseModel, ConfigDict
 
-SCHEMA_VERSION = 1
+SCHEMA_VERSION = 2
 
 #: Scalar metrics every row carries, each with ``<name>_ci_low`` / ``<name>_ci_high``.
 METRICS = ("mIoU", "mDice", "mIoU_nobg", "mDice_nobg", "pixel_accuracy")
+#: Instance metrics, filled for datasets whose card declares instances (nuclei), else null.
+INSTANCE_METRICS = ("PQ", "DQ", "SQ", "mPQ", "AJI", "det_F1")
 
 
 class ResultRow(BaseModel):
@@ -43,6 +45,8 @@ class ResultRow(BaseModel):
     input_size: int
     blocks: list[int]
     inference: str
+    window: int | None = None
+    overlap: float | None = None
     runtime: str
     transfer: str
     image_digest: str | None
@@ -68,6 +72,12 @@ class ResultRow(BaseModel):
     class_names: list[str]
     per_class_iou: list[float | None]
     per_class_dice: list[float | None]
+    PQ: float | None = None
+    DQ: float | None = None
+    SQ: float | None = None
+    mPQ: float | None = None
+    AJI: float | None = None
+    det_F1: float | None = None
     n_bootstrap: int
     best_epoch: int
     best_val: float

@@ -64,10 +64,12 @@ class SplitFeatures:
 
 @dataclass
 class FrozenResult:
-    test: SegmentationReport
+    test: SegmentationReport | None  # None when the caller scores test itself (slide inference)
     best_epoch: int
     best_val: float
     history: list[dict[str, float]]
+    decoder: torch.nn.Module  # the selected (best-validation) decoder, in eval mode
+    test_pred: np.ndarray | None = None  # uint8 [N, S, S] argmax on the resized test split
 
 
 ProgressFn = Callable[[int, dict[str, float]], None]
@@ -86,7 +88,7 @@ def train_frozen(
     cfg: RunConfig,
     train: SplitFeatures,
     val: SplitFeatures,
-    test: SplitFeatures,
+    test: SplitFeatures | None,
     num_classes: int,
     patch_size: int,
     ignore_index: int = 255,
@@ -125,6 +127,9 @@ def train_frozen(
         if on_epoch:
             on_epoch(epoch, record)
     decoder.load_state_dict(best_state)
+    decoder.eval()
+    if test is None:
+        return FrozenResult(None, best_epoch, best_val, history, decoder)
     test_pred = _predict(decoder, test.tokens, cfg.batch_size)
     report = evaluate(per_image_confusion(test_pred, test.masks, num_classes, ignore_index), n_boot=cfg.n_bootstrap, seed=cfg.seed)
-    return FrozenResult(test=report, best_epoch=best_epoch, best_val=best_val, history=history)
+    return FrozenResult(report, best_epoch, best_val, history, decoder, test_pred)

@@ -1,0 +1,1 @@
+"""Inference at test time: resize (the reference) or sliding window at the original resolution."""

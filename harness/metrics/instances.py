@@ -154,9 +154,9 @@ def instances_from_semantic(semantic: np.ndarray, min_distance: int = 3, min_siz
         for lab in np.unique(ws):
             if lab == 0:
                 continue
-            region = ws == lab
-            for part in range(1, ndimage.label(region)[1] + 1):  # a seed's basin can span two components
-                piece = ndimage.label(region)[0] == part
+            parts, n_parts = ndimage.label(ws == lab)  # a seed's basin can span two components
+            for part in range(1, n_parts + 1):
+                piece = parts == part
                 if piece.sum() >= min_size:
                     inst[piece] = next_id
                     next_id += 1

@@ -1,8 +1,10 @@
 """One leaderboard row: spec -> weights -> runtime -> features -> decoder -> metrics -> row.
 
-:func:`run_bench` is what ``pfmbench bench`` and ``make bench`` call. The model runs in
-its runtime only while features are extracted; the runtime is stopped (on every exit
-path) before the decoder trains. A row is written only after everything succeeded.
+:func:`run_bench` is what ``pfmbench bench`` and ``make bench`` call. For ``frozen`` the
+model runs in its runtime only while features are extracted (and, for slide inference,
+while the test split is scored); the runtime is stopped on every exit path. The other
+strategies train through the backbone in a training job (:mod:`harness.train.launch`).
+A row is written only after everything succeeded.
 """
 
 from __future__ import annotations
@@ -12,6 +14,7 @@ import logging
 import time
 import uuid
 from collections.abc import Callable
+from dataclasses import dataclass
 from datetime import datetime, timezone
 from pathlib import Path
 
@@ -26,16 +29,16 @@ from harness.data.cards import DatasetCard, get_card
 from harness.data.loader import SPLITS, Sample, SplitArrays, dataset_root, discover, load_originals, load_split_arrays, split
 from harness.infer.sliding import sliding_window
 from harness.metrics.instances import score_instances
-from harness.metrics.segmentation import evaluate, per_image_confusion
+from harness.metrics.segmentation import SegmentationReport, evaluate, per_image_confusion
 from harness.errors import ConfigError
 from harness.progress import progress_bar
 from harness.results import provenance
 from harness.results.schema import METRICS, ResultRow
-from harness.results.store import write_row
+from harness.results.store import find_run, write_row
 from harness.runtime import Runtime, choose_runtime, make_runtime
 from harness.spec import ModelSpec, get_spec, resolve_blocks
-from harness.train.frozen import FrozenResult, SplitFeatures, train_frozen
-from harness.weights import licence_notice, resolve_weights
+from harness.train.frozen import SplitFeatures, train_frozen
+from harness.weights import ResolvedWeights, licence_notice, resolve_weights
 
 log = logging.getLogger("pfmbench.bench")
 
@@ -53,7 +56,8 @@ def extract_features(runtime: Runtime, images: np.ndarray, blocks: tuple[int, ..
     return np.concatenate(out)
 
 
-def _load_splits(card: DatasetCard, size: int, data_dir: Path | None) -> tuple[dict[str, SplitArrays], dict[str, list[Sample]]]:
+def load_splits(card: DatasetCard, size: int, data_dir: Path | None) -> tuple[dict[str, SplitArrays], dict[str, list[Sample]]]:
+    """The three splits resized to ``size`` (arrays), and the samples behind them."""
     root = dataset_root(card, data_dir)
     parts = split(card, discover(card, root))
     return {name: load_split_arrays(card, parts[name], size) for name in SPLITS}, parts
@@ -63,20 +67,76 @@ def _finite(value: float) -> float | None:
     return None if value != value else float(value)  # NaN (nothing to score) is stored as null
 
 
-def slide_predict(runtime: Runtime, decoder: torch.nn.Module, images: list[np.ndarray], blocks: tuple[int, ...], window: int,
-                  overlap: float, blend: str, batch: int = EXTRACT_BATCH, on_batch=None) -> list[np.ndarray]:
-    """Argmax class maps at the original resolution: windows through the runtime and the decoder, logits blended."""
+def score_test(cfg: RunConfig, card: DatasetCard, data: dict[str, SplitArrays], parts: dict[str, list[Sample]], size: int,
+               resized: Callable[[np.ndarray], np.ndarray] | None = None, windows: Callable[[np.ndarray], np.ndarray] | None = None,
+               resized_pred: np.ndarray | None = None, on_batch: Callable[[int], None] | None = None) -> tuple[SegmentationReport, dict[str, float] | None]:
+    """Score the selected model on the test split, the way ``cfg.inference`` says.
 
-    def predict(tiles: np.ndarray) -> np.ndarray:
-        tokens, _ = runtime.infer(tiles, blocks)
-        with torch.inference_mode():
-            logits = decoder(torch.from_numpy(tokens)).float().numpy()
-        if on_batch:
-            on_batch(len(tiles))
-        return logits
+    ``resize``: ``resized`` maps the resized test images to class maps (or they are given
+    as ``resized_pred``), scored against resized labels, as the reference. ``slide``:
+    ``windows`` maps a window batch to logits; windows are blended over each image at its
+    original resolution and scored against the original labels.
+    """
+    if cfg.inference == "resize":
+        preds = list(resized_pred if resized_pred is not None else resized(data["test"].images))  # type: ignore[misc]
+        truth, true_inst = list(data["test"].masks), data["test"].instances
+    else:
+        originals = load_originals(card, parts["test"])
 
-    logits = sliding_window(images, predict, window, overlap, blend, batch)  # type: ignore[arg-type]
-    return [lg.argmax(0).astype(np.uint8) for lg in logits]
+        def predict(tiles: np.ndarray) -> np.ndarray:
+            logits = windows(tiles)  # type: ignore[misc]
+            if on_batch:
+                on_batch(len(tiles))
+            return logits
+
+        logits = sliding_window(originals.images, predict, cfg.window or size, cfg.overlap, cfg.blend, EXTRACT_BATCH)
+        preds = [lg.argmax(0).astype(np.uint8) for lg in logits]
+        truth, true_inst = originals.masks, originals.instances
+    report = evaluate(per_image_confusion(preds, truth, card.num_classes, card.ignore_index), n_boot=cfg.n_bootstrap, seed=cfg.seed)
+    instances = score_instances(preds, truth, true_inst, card.num_classes) if card.instances and true_inst is not None else None
+    return report, instances
+
+
+@dataclass(frozen=True)
+class Plan:
+    """A run resolved before anything starts: what it reads and the key its row will carry."""
+
+    cfg: RunConfig
+    spec: ModelSpec
+    card: DatasetCard
+    blocks: tuple[int, ...]
+    size: int
+    weights: ResolvedWeights
+    image_digest: str | None
+    run_key: str | None  # None when the image is unknown (a server started elsewhere)
+
+
+def plan_run(cfg: RunConfig, image: str | None = None) -> Plan:
+    """Resolve model, card, blocks, input size, weights and (docker) the image: everything the run key needs."""
+    spec: ModelSpec = get_spec(cfg.model)
+    card = get_card(cfg.dataset)
+    try:
+        blocks = resolve_blocks(cfg.blocks or spec.blocks, spec.depth)
+    except ValueError as exc:
+        raise ConfigError(f"--blocks: {exc}", f"'{spec.name}' has {spec.depth} blocks") from exc
+    size = cfg.input_size or card.input_size.for_patch(spec.patch_size)
+    if size % spec.patch_size:
+        raise ConfigError(f"input size {size} is not a multiple of {spec.name}'s patch size {spec.patch_size}", f"use a multiple of {spec.patch_size}")
+    if cfg.strategy in ("cnn_adapter", "transformer_adapter") and len(blocks) != 1:
+        raise ConfigError(f"{cfg.strategy} reads one block, got --blocks {','.join(map(str, blocks))}", "leave --blocks out (the last block)")
+    if cfg.strategy == "cnn_adapter" and cfg.decoder != "transunet":
+        raise ConfigError("cnn_adapter feeds CNN skips into the transunet decoder", "use --decoder transunet")
+    if cfg.strategy != "frozen" and cfg.runtime == "endpoint":
+        raise ConfigError(f"strategy {cfg.strategy} trains through the backbone, which a feature server cannot do",
+                          "drop --endpoint (the job runs in the model's image or locally)")
+    weights = resolve_weights(spec, cfg.weights, init_seed=cfg.init_seed)
+    digest = None
+    if cfg.runtime == "docker":
+        from harness.images import docker_client, ensure_image, image_identity
+
+        digest = image_identity(docker_client().images.get(image) if image else ensure_image(spec.name))
+    key = None if cfg.runtime == "endpoint" else run_key(cfg, spec.spec_hash(), card.card_hash(), weights.label, digest)
+    return Plan(cfg, spec, card, blocks, size, weights, digest, key)
 
 
 def run_bench(
@@ -88,29 +148,47 @@ def run_bench(
     endpoint: str | None = None,
     image: str | None = None,
     notify: Callable[[str], None] | None = None,
+    skip_finished: bool = False,
 ) -> ResultRow:
     """Run one configuration end to end and (by default) append its row to the results store.
 
+    ``frozen`` extracts features through the runtime and trains the decoder here; every
+    other strategy is a training job (:mod:`harness.train.launch`) in the model's image,
+    a local process, or this process. With ``skip_finished``, a run whose key already
+    has a row is not run again: that row is returned (and ``notify`` told).
     ``notify`` receives one-off notices for the user (a model's licence on first use).
     """
-    started = time.perf_counter()
-    spec: ModelSpec = get_spec(cfg.model)
-    card = get_card(cfg.dataset)
-    try:
-        blocks = resolve_blocks(cfg.blocks or spec.blocks, spec.depth)
-    except ValueError as exc:
-        raise ConfigError(f"--blocks: {exc}", f"'{spec.name}' has {spec.depth} blocks") from exc
-    size = cfg.input_size or card.input_size.for_patch(spec.patch_size)
-    if size % spec.patch_size:
-        raise ConfigError(f"input size {size} is not a multiple of {spec.name}'s patch size {spec.patch_size}", f"use a multiple of {spec.patch_size}")
-    weights = resolve_weights(spec, cfg.weights, init_seed=cfg.init_seed)
-    if notify is not None and (notice := licence_notice(spec, weights)):
+    plan = plan_run(cfg, image)
+    if skip_finished and plan.run_key and (done := find_run(plan.run_key, results_dir)) is not None:
+        if notify is not None:
+            notify(f"skipped: run {plan.run_key} already has row {done.row_id} (--rerun runs it again)")
+        return done
+    if notify is not None and (notice := licence_notice(plan.spec, plan.weights)):
         notify(notice)
-    data, parts = _load_splits(card, size, data_dir)
+    if cfg.strategy == "frozen":
+        row = _run_frozen(plan, data_dir, show_progress, endpoint, image)
+    else:
+        from harness.train.launch import run_training_job
+
+        row = run_training_job(plan, results_dir, data_dir, show_progress, image)
+    if write:
+        write_row(row, results_dir)
+        if cfg.strategy != "frozen":
+            from harness.train.launch import finish_run_dir
+
+            finish_run_dir(plan, results_dir)
+    return row
+
+
+def _run_frozen(plan: Plan, data_dir: Path | None, show_progress: bool, endpoint: str | None, image: str | None) -> ResultRow:
+    """The ``frozen`` strategy: features through the runtime once, then decoder epochs here."""
+    started = time.perf_counter()
+    cfg, spec, card, blocks, size = plan.cfg, plan.spec, plan.card, plan.blocks, plan.size
+    data, parts = load_splits(card, size, data_dir)
     torch.manual_seed(cfg.seed)
 
     runtime_kwargs = {"image": image} if image else {}
-    with make_runtime(cfg.runtime, spec, weights, endpoint=endpoint, **runtime_kwargs) as runtime:
+    with make_runtime(cfg.runtime, spec, plan.weights, endpoint=endpoint, **runtime_kwargs) as runtime:
         with progress_bar(show_progress) as bar:
             total = sum(len(d.images) for d in data.values())
             task = bar.add_task(f"features {spec.name} ({runtime.name})", total=total, info=f"{size}px blocks {list(blocks)}")
@@ -131,29 +209,25 @@ def run_bench(
             test_feats = feats["test"] if cfg.inference == "resize" else None
             result = train_frozen(cfg, feats["train"], feats["val"], test_feats, card.num_classes, spec.patch_size, card.ignore_index, on_epoch)
 
-        if cfg.inference == "resize":
-            preds, truth, true_inst = list(result.test_pred), list(data["test"].masks), data["test"].instances
-        else:
-            originals = load_originals(card, parts["test"])
-            window = cfg.window or size
-            with progress_bar(show_progress) as bar:
-                task = bar.add_task(f"slide {window}px (overlap {cfg.overlap})", total=None, info="")
-                preds = slide_predict(runtime, result.decoder, originals.images, blocks, window, cfg.overlap, cfg.blend,
-                                      on_batch=lambda n: bar.advance(task, n))
-            truth, true_inst = originals.masks, originals.instances
-            result.test = evaluate(per_image_confusion(preds, truth, card.num_classes, card.ignore_index), n_boot=cfg.n_bootstrap, seed=cfg.seed)
-    instance_scores = score_instances(preds, truth, true_inst, card.num_classes) if card.instances and true_inst is not None else None
+        def windows(tiles: np.ndarray) -> np.ndarray:
+            tokens, _ = runtime.infer(tiles, blocks)
+            with torch.inference_mode():
+                return result.decoder(torch.from_numpy(tokens)).float().numpy()
 
-    row = _make_row(cfg, spec, card, weights.label, blocks, size, data, result, transfer, digest, time.perf_counter() - started, instance_scores)
-    if write:
-        write_row(row, results_dir)
-    return row
+        with progress_bar(show_progress and cfg.inference == "slide") as bar:
+            task = bar.add_task(f"slide {cfg.window or size}px (overlap {cfg.overlap})", total=None, info="")
+            report, instances = score_test(cfg, card, data, parts, size, windows=windows, resized_pred=result.test_pred,
+                                           on_batch=lambda n: bar.advance(task, n))
+    trainable = sum(p.numel() for p in result.decoder.parameters())
+    return make_row(cfg, spec, card, plan.weights.label, blocks, size, data, report, result.best_epoch, result.best_val, transfer, digest,
+                    time.perf_counter() - started, instances, trainable=trainable)
 
 
-def _make_row(cfg, spec, card, weights_label, blocks, size, data, result: FrozenResult, transfer, digest, wall,
-              instance_scores: dict[str, float] | None = None) -> ResultRow:
-    rep = result.test
-    assert rep is not None
+def make_row(cfg: RunConfig, spec: ModelSpec, card: DatasetCard, weights_label: str, blocks: tuple[int, ...], size: int,
+             data: dict[str, SplitArrays], rep: SegmentationReport, best_epoch: int, best_val: float, transfer: str, digest: str | None,
+             wall: float, instance_scores: dict[str, float] | None = None, trainable: int | None = None, step_s: float | None = None,
+             key: str | None = None) -> ResultRow:
+    """The result row of a finished run (test report, selection, provenance)."""
     metric_cols: dict[str, float] = {}
     for m in METRICS:
         metric_cols[m] = rep.metrics[m]
@@ -161,7 +235,7 @@ def _make_row(cfg, spec, card, weights_label, blocks, size, data, result: Frozen
         metric_cols[f"{m}_ci_low"], metric_cols[f"{m}_ci_high"] = low, high
     return ResultRow(
         row_id=uuid.uuid4().hex[:12],
-        run_key=run_key(cfg, spec.spec_hash(), card.card_hash(), weights_label, digest),
+        run_key=key or run_key(cfg, spec.spec_hash(), card.card_hash(), weights_label, digest),
         created_at=datetime.now(timezone.utc).replace(tzinfo=None),  # naive UTC: DuckDB reads it without pytz
         model=spec.name,
         model_spec_hash=spec.spec_hash(),
@@ -191,8 +265,10 @@ def _make_row(cfg, spec, card, weights_label, blocks, size, data, result: Frozen
         per_class_iou=rep.per_class_iou,
         per_class_dice=rep.per_class_dice,
         n_bootstrap=cfg.n_bootstrap,
-        best_epoch=result.best_epoch,
-        best_val=result.best_val,
+        best_epoch=best_epoch,
+        best_val=best_val,
+        trainable_params=trainable,
+        step_time_s=None if step_s is None or step_s != step_s else round(step_s, 6),
         harness_version=__version__,
         git_commit=provenance.git_commit(),
         package_versions=provenance.package_versions(),

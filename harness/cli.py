@@ -68,46 +68,82 @@ ResultsOpt = Annotated[Optional[Path], typer.Option("--results-dir", help="Resul
 DataDirOpt = Annotated[Optional[Path], typer.Option("--data-dir", help="Where datasets live (default: ~/.cache/pfmbench/data or $PFMBENCH_DATA).")]
 
 
-@app.command(epilog="Example: pfmbench bench -m phikon -d nuclei-sample --weights random --epochs 2")
+@app.command(epilog="Examples:\n\n  pfmbench bench -m phikon -d nuclei-sample --weights random --epochs 2\n\n"
+                    "  pfmbench bench -m phikon,uni -d nuclei-sample -s frozen,lora,cnn_adapter --epochs 2   (finished runs are skipped)")
 def bench(
-    model: ModelOpt,
-    dataset: DatasetOpt,
-    strategy: Annotated[str, typer.Option(help="Adaptation strategy. Now: frozen.")] = "frozen",
+    model: Annotated[str, typer.Option("--model", "-m", help="Model name(s), comma-separated (see 'pfmbench models').", autocompletion=_model_names)],
+    dataset: Annotated[str, typer.Option("--dataset", "-d", help="Dataset card(s), comma-separated (see 'pfmbench data list').", autocompletion=_card_names)],
+    strategy: Annotated[str, typer.Option("--strategy", "-s", help="Adaptation strategy(ies), comma-separated: frozen | lora | dora | cnn_adapter | transformer_adapter | full. "
+                                          "All but frozen train through the backbone in a training job (docs/strategies.md).")] = "frozen",
     weights: WeightsOpt = "random",
     runtime: RuntimeOpt = "auto",
     epochs: Annotated[Optional[int], typer.Option(help="Training epochs (default: the preset's 150, or the card's demo default).")] = None,
     seed: SeedOpt = 42,
-    preset: Annotated[str, typer.Option(help="densebench (the reference code, quirks included) | corrected (schedule fixed, select on mDice).")] = "densebench",
+    preset: Annotated[str, typer.Option(help="densebench (the reference code, quirks included) | corrected (schedule fixed, select on mDice, peft LoRA/DoRA, slide inference).")] = "densebench",
     decoder: Annotated[str, typer.Option(help="transunet (reference) | linear.")] = "transunet",
     blocks: Annotated[Optional[str], typer.Option(help="Comma-separated block indices, -1 = last after the final norm (default: the model's).")] = None,
-    batch_size: Annotated[Optional[int], typer.Option(help="Decoder batch size (default 8).")] = None,
+    batch_size: Annotated[Optional[int], typer.Option(help="Training batch size (default 8).")] = None,
     lr: Annotated[Optional[float], typer.Option(help="Learning rate (default 1e-3).")] = None,
     input_size: Annotated[Optional[int], typer.Option(help="Square input size (default: the card's rule for the model's patch size).")] = None,
     inference: Annotated[Optional[str], typer.Option(help="Test-time inference: resize (the reference; densebench preset) | slide (windows at the original resolution; corrected preset).")] = None,
     window: Annotated[Optional[int], typer.Option(help="Slide window in px (default: the input size).")] = None,
     overlap: Annotated[Optional[float], typer.Option(help="Slide overlap between windows, 0..<1 (default 0.2).")] = None,
-    endpoint: Annotated[Optional[str], typer.Option(help="host:port of a running feature server (e.g. from compose/serve.yml); nothing is started.")] = None,
+    endpoint: Annotated[Optional[str], typer.Option(help="host:port of a running feature server (e.g. from compose/serve.yml); nothing is started. Frozen only.")] = None,
+    rerun: Annotated[bool, typer.Option(help="Run again even if the run key already has a row (default: finished runs are skipped).")] = False,
     results_dir: ResultsOpt = None,
     data_dir: DataDirOpt = None,
     progress: Annotated[bool, typer.Option(help="Show progress bars.")] = True,
 ) -> None:
-    """Run one model on one dataset and append one row to the results store."""
+    """Run models x datasets x strategies and append one row per run to the results store.
+
+    A run is identified by its run key (configuration, model spec, card, weights and image
+    digest). A run that already has a row is skipped; an interrupted training job resumes
+    from its last checkpoint when the same command runs again.
+    """
     from harness.bench import resolve_config, run_bench
 
     block_list = tuple(int(b) for b in blocks.split(",")) if blocks else None
-    cfg, why = resolve_config(
-        model, dataset, runtime="endpoint" if endpoint else runtime, preset=preset, strategy=strategy, weights=weights, epochs=epochs,
-        seed=seed, decoder=decoder, blocks=block_list, batch_size=batch_size, lr=lr, input_size=input_size,
-        inference=inference, window=window, overlap=overlap,
-    )
-    if endpoint:
-        why = f"the server at {endpoint}"
-    out.print(f"[dim]{model} on {dataset}: {cfg.strategy}, {cfg.epochs} epochs, preset {cfg.preset}, weights {cfg.weights}, "
-              f"inference {cfg.inference}; {why}[/dim]")
-    row = run_bench(cfg, results_dir=results_dir, data_dir=data_dir, show_progress=progress, endpoint=endpoint,
-                    notify=lambda msg: out.print(f"[yellow]licence:[/yellow] {msg}"))
-    _print_row(row.model_dump())
-    out.print(f"row {row.row_id} written to {(results_dir or constants.RESULTS_DIR) / 'rows'} (wall {row.wall_time_s:.1f} s, transfer {row.transfer})")
+    grid = [(m, d, s) for m in _split(model) for d in _split(dataset) for s in _split(strategy)]
+    configs = []
+    for m, d, s in grid:  # resolve every configuration before the first run starts: a typo fails at once
+        configs.append(resolve_config(
+            m, d, runtime="endpoint" if endpoint else runtime, preset=preset, strategy=s, weights=weights, epochs=epochs,
+            seed=seed, decoder=decoder, blocks=block_list, batch_size=batch_size, lr=lr, input_size=input_size,
+            inference=inference, window=window, overlap=overlap,
+        ))
+    for i, (cfg, why) in enumerate(configs, 1):
+        if endpoint:
+            why = f"the server at {endpoint}"
+        count = f"[{i}/{len(configs)}] " if len(configs) > 1 else ""
+        out.print(f"[dim]{count}{cfg.model} on {cfg.dataset}: {cfg.strategy}, {cfg.epochs} epochs, preset {cfg.preset}, weights {cfg.weights}, "
+                  f"inference {cfg.inference}; {why}[/dim]")
+        row = run_bench(cfg, results_dir=results_dir, data_dir=data_dir, show_progress=progress, endpoint=endpoint, skip_finished=not rerun,
+                        notify=lambda msg: out.print(f"[yellow]{'note' if msg.startswith('skipped') else 'licence'}:[/yellow] {escape(msg)}"))
+        _print_row(row.model_dump())
+        out.print(f"row {row.row_id} in {(results_dir or constants.RESULTS_DIR) / 'rows'} (wall {row.wall_time_s:.1f} s, transfer {row.transfer}, "
+                  f"trainable {row.trainable_params or 0:,} params)")
+
+
+def _split(value: str) -> list[str]:
+    return [v.strip() for v in value.split(",") if v.strip()]
+
+
+@app.command(epilog="The harness writes RUN_DIR/job.json and starts this command (in the model's image or locally); "
+                    "'pfmbench bench -s lora ...' is how users run it.")
+def train(
+    run_dir: Annotated[Path, typer.Argument(help="Run directory holding job.json; checkpoint.pt, best.pt and result.json are written there.")],
+) -> None:
+    """Run one training job (LoRA, DoRA, CNN/Transformer adapter, full): train, select on validation, test once.
+
+    Progress is printed as JSON event lines; a killed job resumes from its last checkpoint when run again.
+    """
+    from harness.train.job import JOB_FILE, run_job
+
+    if not (run_dir / JOB_FILE).is_file():
+        from harness.errors import ConfigError
+
+        raise ConfigError(f"{run_dir / JOB_FILE} does not exist", "start training with 'pfmbench bench -s <strategy> ...', which writes it")
+    run_job(run_dir)
 
 
 def _print_row(row: dict) -> None:

@@ -15,9 +15,9 @@ from typing import Literal
 from pydantic import BaseModel, ConfigDict, Field
 
 from harness.adapt.decoders import DecoderName
+from harness.adapt.strategies import Strategy
 
 Preset = Literal["densebench", "corrected"]
-Strategy = Literal["frozen"]
 Schedule = Literal["densebench", "cosine"]
 
 #: The reference code's values (protocol.md), quirks included.
@@ -25,13 +25,13 @@ PRESETS: dict[str, dict[str, object]] = {
     "densebench": {
         "epochs": 150, "batch_size": 8, "lr": 1e-3, "weight_decay": 1e-4, "grad_clip": 5.0,
         "warmup_epochs": 2, "schedule": "densebench", "cosine_t_max": 100, "select_metric": "mIoU",
-        "inference": "resize",
+        "inference": "resize", "adapter_impl": "densebench", "lora_rank": 16, "lora_alpha": 1.0, "cnn_unused_stage": True,
     },
     # Same recipe with the schedule bugs fixed and selection on the headline metric.
     "corrected": {
         "epochs": 150, "batch_size": 8, "lr": 1e-3, "weight_decay": 1e-4, "grad_clip": 5.0,
         "warmup_epochs": 2, "schedule": "cosine", "cosine_t_max": None, "select_metric": "mDice",
-        "inference": "slide",
+        "inference": "slide", "adapter_impl": "peft", "lora_rank": 16, "lora_alpha": 16.0, "cnn_unused_stage": False,
     },
 }
 
@@ -68,6 +68,15 @@ class RunConfig(BaseModel):
     overlap: float = Field(default=0.2, ge=0, lt=1)
     blend: Literal["gaussian", "linear", "uniform"] = "gaussian"
     n_bootstrap: int = Field(default=1000, ge=0)
+    #: LoRA / DoRA: ``densebench`` = the reference's modules (scale = alpha, scalar DoRA magnitude),
+    #: ``peft`` = standard peft (scale = alpha / rank, per-column magnitude).
+    adapter_impl: Literal["densebench", "peft"] = "densebench"
+    lora_rank: int = Field(default=16, gt=0)
+    lora_alpha: float = Field(default=1.0, gt=0)
+    #: CNN adapter: build the reference's third ResNet stage (trainable, never used).
+    cnn_unused_stage: bool = True
+    #: Mixed precision (fp16 autocast + GradScaler) for the training job; only on a GPU.
+    amp: bool = True
     #: Not part of the run key: where the model runs does not change the numbers.
     runtime: str = "local"
 

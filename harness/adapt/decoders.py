@@ -7,6 +7,11 @@ conv3x3 head. The first three blocks upsample x2 and the last by ``patch / 8``
 (2 for patch 16, 1.75 for patch 14, 1 for patch 8), so the logits come out at the
 input resolution. ``linear`` is a 1x1 conv on the tokens, upsampled bilinearly.
 Several tapped blocks are concatenated along channels.
+
+With ``skip_channels`` (the CNN adapter) the first three blocks concatenate a CNN feature
+map after upsampling, as TransUNet's decoder does: every block then upsamples x2 and the
+decoder map is resized to the skip's size first (patch 14 and 8 grids do not land on the
+CNN's 1/8, 1/4, 1/2 maps by doubling alone).
 """
 
 from __future__ import annotations
@@ -25,13 +30,17 @@ def _conv_bn_relu(cin: int, cout: int) -> nn.Sequential:
 
 
 class _UpBlock(nn.Module):
-    def __init__(self, cin: int, cout: int, scale: float) -> None:
+    def __init__(self, cin: int, cout: int, scale: float, skip: int = 0) -> None:
         super().__init__()
         self.scale = scale
-        self.convs = nn.Sequential(_conv_bn_relu(cin, cout), _conv_bn_relu(cout, cout))
+        self.convs = nn.Sequential(_conv_bn_relu(cin + skip, cout), _conv_bn_relu(cout, cout))
 
-    def forward(self, x: torch.Tensor) -> torch.Tensor:
+    def forward(self, x: torch.Tensor, skip: torch.Tensor | None = None) -> torch.Tensor:
         x = F.interpolate(x, scale_factor=self.scale, mode="bilinear", align_corners=False)
+        if skip is not None:
+            if x.shape[-2:] != skip.shape[-2:]:
+                x = F.interpolate(x, size=skip.shape[-2:], mode="bilinear", align_corners=False)
+            x = torch.cat([x, skip.to(x.dtype)], dim=1)
         return self.convs(x)
 
 
@@ -44,20 +53,22 @@ def _to_nchw(tokens: torch.Tensor) -> torch.Tensor:
 class TransUNetDecoder(nn.Module):
     channels = (256, 128, 64, 16)
 
-    def __init__(self, in_dim: int, num_classes: int, patch_size: int) -> None:
+    def __init__(self, in_dim: int, num_classes: int, patch_size: int, skip_channels: tuple[int, int, int] | None = None) -> None:
         super().__init__()
         self.patch_size = patch_size
         self.root = _conv_bn_relu(in_dim, 512)
-        scales = (2.0, 2.0, 2.0, patch_size / 8)
+        scales = (2.0, 2.0, 2.0, 2.0 if skip_channels else patch_size / 8)
+        skips = (*(skip_channels or (0, 0, 0)), 0)
         cins = (512, *self.channels[:-1])
-        self.blocks = nn.ModuleList(_UpBlock(ci, co, s) for ci, co, s in zip(cins, self.channels, scales))
+        self.blocks = nn.ModuleList(_UpBlock(ci, co, s, k) for ci, co, s, k in zip(cins, self.channels, scales, skips))
         self.head = nn.Conv2d(self.channels[-1], num_classes, 3, padding=1)
 
-    def forward(self, tokens: torch.Tensor) -> torch.Tensor:
+    def forward(self, tokens: torch.Tensor, skips: list[torch.Tensor] | None = None) -> torch.Tensor:
+        """``tokens`` ``[B, L, h, w, D]``; ``skips`` the CNN maps at 1/8, 1/4, 1/2 (CNN adapter only)."""
         x = self.root(_to_nchw(tokens))
         out_hw = (x.shape[-2] * self.patch_size, x.shape[-1] * self.patch_size)
-        for block in self.blocks:
-            x = block(x)
+        for i, block in enumerate(self.blocks):
+            x = block(x, skips[i] if skips is not None and i < len(skips) else None)
         x = self.head(x)
         if x.shape[-2:] != out_hw:  # rounding of fractional scales on odd grids
             x = F.interpolate(x, size=out_hw, mode="bilinear", align_corners=False)

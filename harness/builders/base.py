@@ -3,7 +3,8 @@
 A :class:`TokenExtractor` takes a normalised image batch ``[B, 3, H, W]`` and a tuple
 of 0-based block indices and returns the patch-token grids of those blocks,
 ``[B, L, H/p, W/p, D]``, plus their class tokens ``[B, L, D]``. Prefix tokens (CLS and
-registers) are removed from the grids. Every tapped block goes through the model's
+registers) are removed from the grids; :meth:`TokenExtractor.features` returns them too
+(the Transformer adapter reads every output token, as the reference does). Every tapped block goes through the model's
 final norm, so the last block equals the reference decoder's input (the final normed
 token sequence, ``forward_features``) and earlier blocks are on the same scale.
 """
@@ -37,13 +38,18 @@ class TokenExtractor(nn.Module, abc.ABC):
         return (x - self.mean) / self.std
 
     def forward(self, x: torch.Tensor, blocks: tuple[int, ...] | None = None) -> tuple[torch.Tensor, torch.Tensor]:
+        grids, prefixes = self.features(x, blocks)
+        cls = [p[:, 0] if p.shape[1] else g.mean(dim=(1, 2)) for g, p in zip(grids, prefixes)]  # no prefix (Swin): mean token
+        return torch.stack(grids, dim=1), torch.stack(cls, dim=1)
+
+    def features(self, x: torch.Tensor, blocks: tuple[int, ...] | None = None) -> tuple[list[torch.Tensor], list[torch.Tensor]]:
+        """Per tapped block: the ``[B, h, w, D]`` patch grid and the ``[B, P, D]`` prefix tokens (P may be 0)."""
         spec = self.spec
         idx = resolve_blocks(blocks or spec.blocks, spec.depth)
         h, w = x.shape[-2:]
         if h % spec.patch_size or w % spec.patch_size:
             raise ValueError(f"input {h}x{w} is not a multiple of the patch size {spec.patch_size}")
-        grids, cls = self._tokens(x, idx)
-        return torch.stack(grids, dim=1), torch.stack(cls, dim=1)
+        return self._tokens(x, idx)
 
     @torch.inference_mode()
     def extract(self, images: np.ndarray, blocks: tuple[int, ...] | None = None) -> tuple[np.ndarray, np.ndarray]:
@@ -59,12 +65,12 @@ class TokenExtractor(nn.Module, abc.ABC):
 
     @abc.abstractmethod
     def _tokens(self, x: torch.Tensor, blocks: tuple[int, ...]) -> tuple[list[torch.Tensor], list[torch.Tensor]]:
-        """Per requested block: a ``[B, h, w, D]`` grid and a ``[B, D]`` class token."""
+        """Per requested block: a ``[B, h, w, D]`` grid and the ``[B, P, D]`` prefix tokens (CLS first)."""
 
 
 def tokens_to_grid(seq: torch.Tensor, prefix: int, h: int, w: int) -> tuple[torch.Tensor, torch.Tensor]:
-    """Split a normed token sequence ``[B, prefix + h*w, D]`` into grid and CLS."""
+    """Split a normed token sequence ``[B, prefix + h*w, D]`` into grid and prefix tokens."""
     b, n, d = seq.shape
     if n != prefix + h * w:
         raise ValueError(f"token sequence has {n} tokens; expected {prefix} prefix + {h}x{w} patches")
-    return seq[:, prefix:].reshape(b, h, w, d), seq[:, 0]
+    return seq[:, prefix:].reshape(b, h, w, d), seq[:, :prefix]

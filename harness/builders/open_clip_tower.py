@@ -47,5 +47,5 @@ class OpenClipExtractor(TokenExtractor):
             output_fmt="NCHW", output_extra_tokens=True,
         )
         grids = [g.permute(0, 2, 3, 1) for g in out["image_intermediates"]]
-        cls = [p[:, 0] for p in out["image_intermediates_prefix"]]
+        cls = list(out["image_intermediates_prefix"])
         return grids, cls

@@ -38,5 +38,5 @@ class TimmExtractor(TokenExtractor):
             intermediates_only=True, return_prefix_tokens=True,
         )
         grids = [spatial.permute(0, 2, 3, 1) for spatial, _ in outs]
-        cls = [prefix[:, 0] for _, prefix in outs]
+        cls = [prefix for _, prefix in outs]
         return grids, cls

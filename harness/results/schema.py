@@ -12,7 +12,7 @@ from datetime import datetime
 
 from pydantic import BaseModel, ConfigDict
 
-SCHEMA_VERSION = 2
+SCHEMA_VERSION = 3
 
 #: Scalar metrics every row carries, each with ``<name>_ci_low`` / ``<name>_ci_high``.
 METRICS = ("mIoU", "mDice", "mIoU_nobg", "mDice_nobg", "pixel_accuracy")
@@ -81,6 +81,8 @@ class ResultRow(BaseModel):
     n_bootstrap: int
     best_epoch: int
     best_val: float
+    trainable_params: int | None = None  # decoder + adapter (+ backbone for full)
+    step_time_s: float | None = None  # median optimiser step of the training job (None: frozen, decoder-only)
 
     # provenance
     harness_version: str

@@ -61,3 +61,16 @@ def read_rows(results_dir: Path | None = None) -> list[dict]:
         return []
     cols = rel.columns
     return [dict(zip(cols, r)) for r in rel.fetchall()]
+
+
+def find_run(run_key: str, results_dir: Path | None = None) -> ResultRow | None:
+    """The stored row of a finished run (the newest if it was re-run), or None."""
+    if not run_key.isalnum():
+        raise ValueError(f"not a run key: {run_key!r}")
+    rel = query(f"SELECT * FROM rows WHERE run_key = '{run_key}' ORDER BY created_at DESC LIMIT 1", results_dir)
+    rows = [] if rel is None else rel.fetchall()
+    row = rows[0] if rows else None
+    if row is None:
+        return None
+    data = {k: v for k, v in zip(rel.columns, row) if k in ResultRow.model_fields}
+    return ResultRow.model_validate(data)

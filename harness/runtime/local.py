@@ -45,7 +45,7 @@ def free_ports(n: int, host: str = "127.0.0.1") -> list[int]:
             s.close()
 
 
-def _die_with_parent() -> None:  # runs in the child between fork and exec
+def die_with_parent() -> None:  # runs in the child between fork and exec
     try:
         ctypes.CDLL("libc.so.6", use_errno=True).prctl(_PR_SET_PDEATHSIG, signal.SIGTERM)
     except OSError:
@@ -110,7 +110,7 @@ class LocalRuntime(ServedRuntime):
         with os.fdopen(fd, "wb") as logf:
             self.proc = subprocess.Popen(
                 self._command(ports), stdout=logf, stderr=subprocess.STDOUT, stdin=subprocess.DEVNULL,
-                env=server_env(token), start_new_session=True, preexec_fn=_die_with_parent,
+                env=server_env(token), start_new_session=True, preexec_fn=die_with_parent,
             )
         self._connect(f"127.0.0.1:{ports[1]}", token)
         log.info("local server for %s: pid %d, grpc 127.0.0.1:%d", self.spec.name, self.proc.pid, ports[1])
@@ -133,12 +133,12 @@ class LocalRuntime(ServedRuntime):
         self._close_client()
         proc, self.proc = self.proc, None
         if proc is not None:
-            _stop_group(proc)
+            stop_group(proc)
         if self.log_path is not None and not self._failed:
             self.log_path.unlink(missing_ok=True)
 
 
-def _stop_group(proc: subprocess.Popen[bytes], grace_s: float = 15.0) -> None:
+def stop_group(proc: subprocess.Popen[bytes], grace_s: float = 15.0) -> None:
     """SIGTERM the server (clean Triton shutdown), then SIGKILL anything left in its group."""
     pgid = proc.pid  # start_new_session=True: the group id is the server's pid
     if proc.poll() is None:

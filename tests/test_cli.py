@@ -61,8 +61,12 @@ def test_bench_writes_one_row_and_is_deterministic(tmp_path, no_leftover_servers
     first = run(*args)
     assert first.returncode == 0, first.stderr
     assert "mDice" in first.stdout and "neoplastic" in first.stdout and "untrained" in first.stdout
-    # the same run in-process: served features (shm) and in-process ones give the same row
-    second = run(*[("inprocess" if a == "local" else a) for a in args])
+    # the same run key again is skipped: runs are keyed by what determines their numbers, not by where they ran
+    inprocess = [("inprocess" if a == "local" else a) for a in args]
+    skipped = run(*inprocess)
+    assert skipped.returncode == 0 and "skipped" in skipped.stdout and len(read_rows(tmp_path)) == 1
+    # --rerun runs it in-process: served features (shm) and in-process ones give the same row
+    second = run(*inprocess, "--rerun")
     assert second.returncode == 0, second.stderr
     rows = sorted(read_rows(tmp_path), key=lambda r: r["runtime"])
     assert len(rows) == 2

@@ -210,3 +210,32 @@ def _layer_files(image_tar: Path, dest: Path) -> list[Path]:
             except tarfile.ReadError:
                 continue  # a config blob, not a layer
     return out
+
+
+def test_training_job_in_the_image_survives_kill_9_and_equals_the_local_job(client, tmp_path, no_leftover_containers):
+    """LoRA trains inside the phikon image; the harness is killed mid-run; the same command removes the
+    orphaned container, resumes from the checkpoint and writes one row, equal to the same job run locally."""
+    common = ["-m", "phikon", "-d", "nuclei-sample", "-s", "lora", "--epochs", "4", "--input-size", "64"]
+    args = [sys.executable, "-m", "harness.cli", "bench", "--no-progress", *common, "--runtime", "docker", "--results-dir", str(tmp_path / "docker")]
+    proc = subprocess.Popen(args, stdout=subprocess.PIPE, stderr=subprocess.PIPE, text=True)
+    deadline = time.monotonic() + 600
+    while not list((tmp_path / "docker").glob("runs/*/checkpoint.pt")):
+        assert proc.poll() is None, proc.communicate()
+        assert time.monotonic() < deadline, "the job wrote no checkpoint"
+        time.sleep(0.1)
+    proc.kill()
+    proc.wait()
+    (run_dir,) = (tmp_path / "docker").glob("runs/*")
+    orphan = client.containers.get(f"pfmbench-train-{run_dir.name[:16]}")  # a container does not die with its harness
+    again = subprocess.run(args, capture_output=True, text=True, timeout=900)
+    assert again.returncode == 0, again.stderr
+    assert f"resuming run {run_dir.name}" in again.stderr
+    with pytest.raises(Exception):
+        orphan.reload()  # removed before the resumed job started
+    (row,) = read_rows(tmp_path / "docker")
+    assert row["runtime"] == "docker" and row["image_digest"].startswith("sha256:") and row["run_key"] == run_dir.name
+    local = bench(*common, "--runtime", "local", "--results-dir", str(tmp_path / "local"))
+    assert local.returncode == 0, local.stderr
+    (lrow,) = read_rows(tmp_path / "local")
+    for m in METRICS + ("best_epoch", "best_val", "trainable_params"):
+        assert row[m] == lrow[m], m

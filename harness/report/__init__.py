@@ -1,0 +1,1 @@
+"""Leaderboards, figures and the HTML report over the results store (``pfmbench report``)."""

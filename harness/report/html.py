@@ -1,0 +1,75 @@
+"""``pfmbench report``: the leaderboard as terminal tables, PNG figures, a CSV and one self-contained HTML page.
+
+The HTML page has no external references (figures are inlined as base64 PNG, styles
+inline), so it can be mailed or attached to a paper's supplement as one file.
+"""
+
+from __future__ import annotations
+
+import base64
+import csv
+from dataclasses import dataclass
+from datetime import datetime, timezone
+from pathlib import Path
+
+from jinja2 import Environment, PackageLoader, select_autoescape
+
+from harness import __version__
+from harness.errors import ResultsError
+from harness.report import plots
+from harness.report.leaderboard import Leaderboard, build_leaderboard
+from harness.report.published import SOURCE, cell_count
+from harness.results.store import read_rows
+
+
+@dataclass
+class ReportFiles:
+    html: Path
+    csv: Path
+    pngs: list[Path]
+    board: Leaderboard
+
+
+def write_csv(board: Leaderboard, out: Path) -> Path:
+    with out.open("w", newline="") as f:
+        w = csv.writer(f, lineterminator="\n")
+        w.writerow(["dataset", "strategy", "preset", "model", "weights", "seeds", board.metric, "ci_low", "ci_high", "rank",
+                    "published", "published_ci_low", "published_ci_high", "delta", "note"])
+        for (dataset, strategy, preset), entries in board.groups().items():
+            for e in entries:
+                p = e.published
+                w.writerow([dataset, strategy, preset, e.model, e.weights, e.n, f"{e.value:.4f}", f"{e.ci_low:.4f}", f"{e.ci_high:.4f}",
+                            f"{e.rank:g}", "" if p is None else f"{p.mean:.4f}", "" if p is None else f"{p.ci_low:.4f}",
+                            "" if p is None else f"{p.ci_high:.4f}", "" if e.delta is None else f"{e.delta:+.4f}", e.note])
+    return out
+
+
+def _inline_png(path: Path) -> str:
+    return "data:image/png;base64," + base64.b64encode(path.read_bytes()).decode()
+
+
+def build_report(results_dir: Path | None = None, out_dir: Path = Path("report"), metric: str = "mDice") -> ReportFiles:
+    """Read every row, rank, compare, plot; write ``report.html``, ``leaderboard.csv`` and the PNGs to ``out_dir``."""
+    rows = read_rows(results_dir)
+    if not rows:
+        raise ResultsError("there are no result rows to report on", "run 'pfmbench bench' first (or pass --results-dir)")
+    board = build_leaderboard(rows, metric)
+    out_dir.mkdir(parents=True, exist_ok=True)
+    pngs = [plots.heatmap(board, out_dir / "heatmap.png"), plots.strategy_comparison(board, out_dir / "strategies.png")]
+    delta = plots.published_delta(board, out_dir / "published_delta.png")
+    if delta is None:
+        (out_dir / "published_delta.png").unlink(missing_ok=True)  # a stale one from an earlier report would mislead
+    else:
+        pngs.append(delta)
+    csv_path = write_csv(board, out_dir / "leaderboard.csv")
+    env = Environment(loader=PackageLoader("harness.report", "templates"), autoescape=select_autoescape(["html"]))
+    page = env.get_template("report.html.j2").render(
+        board=board, groups=board.groups(), figures={p.stem: _inline_png(p) for p in pngs}, source=SOURCE, published_cells=cell_count(),
+        n_rows=len(rows), version=__version__, generated=datetime.now(timezone.utc).strftime("%Y-%m-%d %H:%M UTC"),
+        n_random=sum(e.random for e in board.entries),
+    )
+    html = out_dir / "report.html"
+    tmp = html.with_suffix(".html.tmp")
+    tmp.write_text(page)
+    tmp.replace(html)
+    return ReportFiles(html, csv_path, pngs, board)

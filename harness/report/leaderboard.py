@@ -1,0 +1,154 @@
+"""Leaderboard from result rows: one entry per (dataset, strategy, preset, model, weights), ranks, published deltas.
+
+Rules (docs/report.md):
+
+* The newest row of each configuration counts (a re-run, or the same run in another runtime, replaces it).
+* Rows that differ only in seed are one entry: the metric is their mean, the CI the mean
+  of their bootstrap CI bounds, ``n`` says how many seeds.
+* Ranks are within (dataset, strategy, preset) among entries of the same weights kind,
+  1 = best, ties share the average rank. A model's average rank is the mean over the
+  datasets it has an entry on (``datasets`` says how many).
+* Entries with untrained (``random``) weights are marked and are never compared to
+  published numbers; entries with real weights get the published value of the same cell
+  and the difference, where the reference published one.
+"""
+
+from __future__ import annotations
+
+from collections import defaultdict
+from dataclasses import dataclass, field
+
+from harness.report.published import PublishedValue, published
+
+#: Models whose attention the reference's LoRA/DoRA did not wrap (its published LoRA/DoRA cells are frozen runs).
+REFERENCE_UNWRAPPED = {"phikon", "phikon_v2", "hibou_l", "midnight12k", "musk", "PathOrchestra"}
+
+
+@dataclass
+class Entry:
+    dataset: str
+    strategy: str
+    preset: str
+    model: str
+    weights: str
+    n: int
+    value: float
+    ci_low: float
+    ci_high: float
+    rank: float | None = None
+    published: PublishedValue | None = None
+    note: str = ""
+
+    @property
+    def random(self) -> bool:
+        return self.weights == "random"
+
+    @property
+    def delta(self) -> float | None:
+        return None if self.published is None else self.value - self.published.mean
+
+    @property
+    def within_published_ci(self) -> bool | None:
+        return None if self.published is None else self.published.ci_low <= self.value <= self.published.ci_high
+
+
+@dataclass
+class ModelRank:
+    model: str
+    strategy: str  # or "all"
+    preset: str
+    random: bool
+    average_rank: float
+    datasets: int
+
+
+@dataclass
+class Leaderboard:
+    metric: str
+    entries: list[Entry]
+    ranks: list[ModelRank] = field(default_factory=list)
+
+    def groups(self) -> dict[tuple[str, str, str], list[Entry]]:
+        """(dataset, strategy, preset) -> entries, best first (real weights before random)."""
+        out: dict[tuple[str, str, str], list[Entry]] = defaultdict(list)
+        for e in self.entries:
+            out[(e.dataset, e.strategy, e.preset)].append(e)
+        return {k: sorted(v, key=lambda e: (e.random, e.rank or 0, e.model)) for k, v in sorted(out.items())}
+
+    @property
+    def compared(self) -> list[Entry]:
+        return [e for e in self.entries if e.published is not None]
+
+
+def average_ranks(values: list[float]) -> list[float]:
+    """Rank 1 = highest value; tied values share the mean of their positions."""
+    order = sorted(range(len(values)), key=lambda i: -values[i])
+    ranks = [0.0] * len(values)
+    i = 0
+    while i < len(order):
+        j = i
+        while j + 1 < len(order) and values[order[j + 1]] == values[order[i]]:
+            j += 1
+        for k in range(i, j + 1):
+            ranks[order[k]] = (i + j) / 2 + 1
+        i = j + 1
+    return ranks
+
+
+def build_leaderboard(rows: list[dict], metric: str = "mDice", keys: dict[str, dict[str, str | None]] | None = None) -> Leaderboard:
+    """Entries, ranks and published comparisons of ``rows`` (as :func:`harness.results.store.read_rows` returns them).
+
+    ``keys`` maps our model and dataset names to the reference's (``{"models": {...}, "datasets": {...}}``);
+    by default they are read from the model specs and dataset cards.
+    """
+    keys = keys or _reference_keys(rows)
+    newest: dict[tuple, dict] = {}
+    for r in sorted(rows, key=lambda r: r["created_at"]):
+        newest[(r["config_hash"], r["weights"], r["model_spec_hash"], r["card_hash"])] = r  # one per configuration, whatever ran it
+    seeds: dict[tuple, list[dict]] = defaultdict(list)
+    for r in newest.values():
+        seeds[(r["dataset"], r["strategy"], r["preset"], r["model"], r["weights"])].append(r)
+    entries = []
+    for (dataset, strategy, preset, model, weights), group in sorted(seeds.items()):
+        mean = lambda col: sum(float(g[col]) for g in group) / len(group)  # noqa: E731
+        e = Entry(dataset, strategy, preset, model, weights, len(group), mean(metric), mean(f"{metric}_ci_low"), mean(f"{metric}_ci_high"))
+        ref_model, ref_dataset = keys["models"].get(model), keys["datasets"].get(dataset)
+        if not e.random:
+            e.published = published(strategy, ref_dataset, ref_model, metric)
+            if e.published is not None and strategy in ("lora", "dora") and ref_model in REFERENCE_UNWRAPPED:
+                e.note = "reference did not wrap this model's attention: its published value is a frozen run"
+        entries.append(e)
+    board = Leaderboard(metric, entries)
+    by_cell: dict[tuple, list[Entry]] = defaultdict(list)
+    for e in entries:
+        by_cell[(e.dataset, e.strategy, e.preset, e.random)].append(e)
+    for cell in by_cell.values():
+        for e, rank in zip(cell, average_ranks([e.value for e in cell])):
+            e.rank = rank
+    board.ranks = _model_ranks(entries)
+    return board
+
+
+def _model_ranks(entries: list[Entry]) -> list[ModelRank]:
+    per: dict[tuple, list[float]] = defaultdict(list)
+    for e in entries:
+        per[(e.model, e.strategy, e.preset, e.random)].append(e.rank or 0.0)
+        per[(e.model, "all", e.preset, e.random)].append(e.rank or 0.0)
+    out = [ModelRank(m, s, p, r, sum(v) / len(v), len(v)) for (m, s, p, r), v in per.items()]
+    return sorted(out, key=lambda x: (x.random, x.preset, x.strategy != "all", x.strategy, x.average_rank, x.model))
+
+
+def _reference_keys(rows: list[dict]) -> dict[str, dict[str, str | None]]:
+    from harness.data.cards import get_card
+    from harness.errors import PfmbenchError
+    from harness.spec import get_spec
+
+    models, datasets = {}, {}
+    for r in rows:
+        for name, table, lookup in ((r["model"], models, get_spec), (r["dataset"], datasets, get_card)):
+            if name not in table:
+                try:
+                    table[name] = lookup(name).densebench_name
+                except PfmbenchError:  # a model or card that is gone since the row was written
+                    table[name] = None
+    return {"models": models, "datasets": datasets}

@@ -15,14 +15,16 @@ SEED     ?= 42
 PRESET   ?= densebench
 PYTEST_ARGS ?=
 
-.PHONY: setup bench test perf perf-zoo images base-offline lock clean help
+.PHONY: setup bench report test perf perf-zoo perf-train images base-offline lock clean help
 
 help:
 	@echo "make setup                      create $(VENV) from requirements.lock"
-	@echo "make bench MODEL=.. DATASET=..  one leaderboard row [STRATEGY WEIGHTS=random|hub|<dir> RUNTIME=auto|docker|local|inprocess EPOCHS SEED PRESET]"
+	@echo "make bench MODEL=.. DATASET=..  leaderboard rows [STRATEGY=frozen,lora,... WEIGHTS=random|hub|<dir> RUNTIME=auto|docker|local|inprocess EPOCHS SEED PRESET]; lists are comma-separated"
+	@echo "make report                     leaderboard, figures, HTML page (report/report.html) from results/"
 	@echo "make test                       the test suite"
 	@echo "make perf                       served vs in-process extraction throughput (JSON in .perf/)"
 	@echo "make perf-zoo [DEVICE=cuda BATCH=64]  forward cost of every model: params, tokens, GFLOPs, img/s, MFU"
+	@echo "make perf-train [DEVICE=cuda SIZE=512 BATCH=8]  trainable params, s/step, peak memory per strategy (phikon, uni)"
 	@echo "make images                     build pfmbench/base and every model image (docs/docker.md)"
 	@echo "make lock                       rewrite requirements.lock from the current venv"
 
@@ -38,6 +40,9 @@ bench: setup
 	$(BIN)/pfmbench bench --model $(MODEL) --dataset $(DATASET) --strategy $(STRATEGY) \
 	  --weights $(WEIGHTS) --runtime $(RUNTIME) --seed $(SEED) --preset $(PRESET) $(if $(EPOCHS),--epochs $(EPOCHS))
 
+report: setup
+	$(BIN)/pfmbench report --out report
+
 test: setup
 	$(BIN)/python -m pytest $(PYTEST_ARGS)
 
@@ -46,6 +51,9 @@ perf: setup
 
 perf-zoo: setup
 	$(BIN)/pfmbench zoo-perf --device $(or $(DEVICE),cpu) --batch $(or $(BATCH),1) --iters 3 --out .perf/zoo-$(or $(DEVICE),cpu).json
+
+perf-train: setup
+	$(BIN)/pfmbench train-perf --models $(or $(MODELS),phikon,uni) --device $(or $(DEVICE),cpu) --size $(or $(SIZE),224) --batch $(or $(BATCH),8) --out .perf/train-$(or $(DEVICE),cpu).json
 
 images: setup
 	$(BIN)/pfmbench images build

@@ -154,8 +154,10 @@ def run_bench(
 
     ``frozen`` extracts features through the runtime and trains the decoder here; every
     other strategy is a training job (:mod:`harness.train.launch`) in the model's image,
-    a local process, or this process. With ``skip_finished``, a run whose key already
-    has a row is not run again: that row is returned (and ``notify`` told).
+    a local process, or this process. With ``skip_finished`` (the CLI's default), a run
+    whose key already has a row is not run again: that row is returned (and ``notify``
+    told), and an interrupted training job resumes from its checkpoint. Without it the
+    run starts from scratch (``--rerun``, ``pfmbench reproduce``).
     ``notify`` receives one-off notices for the user (a model's licence on first use).
     """
     plan = plan_run(cfg, image)
@@ -170,7 +172,7 @@ def run_bench(
     else:
         from harness.train.launch import run_training_job
 
-        row = run_training_job(plan, results_dir, data_dir, show_progress, image)
+        row = run_training_job(plan, results_dir, data_dir, show_progress, image, fresh=not skip_finished)
     if write:
         write_row(row, results_dir)
         if cfg.strategy != "frozen":

@@ -427,6 +427,29 @@ def zoo_perf(
     out.print(t)
 
 
+@app.command("train-perf", epilog="Example (GPU): pfmbench train-perf --models uni --device cuda --size 512 --batch 8 --out .perf/train-h100.json")
+def train_perf(
+    models: Annotated[str, typer.Option(help="Comma-separated models.")] = "phikon,uni",
+    strategies: Annotated[str, typer.Option(help="Comma-separated strategies (default: all six).")] = "frozen,lora,dora,cnn_adapter,transformer_adapter,full",
+    device: Annotated[str, typer.Option(help="cpu | cuda (fp16 autocast + GradScaler on cuda, as the training job).")] = "cpu",
+    size: Annotated[int, typer.Option(help="Square input size in pixels.")] = 224,
+    batch: Annotated[int, typer.Option(help="Images per optimiser step.")] = 8,
+    steps: Annotated[int, typer.Option(help="Timed steps after one warm-up (the median is reported).")] = 3,
+    out_json: Annotated[Path, typer.Option("--out", help="Where to write the JSON results.")] = Path(".perf/train.json"),
+) -> None:
+    """Training cost per strategy: trainable parameters, seconds per optimiser step, peak memory."""
+    from harness.train_perf import run_train_perf, write_json
+
+    res = run_train_perf([get_spec_name(m) for m in _split(models)], _split(strategies), device, size, batch, steps, log=_log)
+    write_json(res, out_json)
+    t = Table(title=f"one optimiser step at {size}px, batch {batch}, {device} ({out_json})")
+    for col in ("model", "strategy", "trainable", "s/step", "img/s", "peak MB"):
+        t.add_column(col, justify="left" if col in ("model", "strategy") else "right")
+    for r in res:
+        t.add_row(r.model, r.strategy, f"{r.trainable_params:,}", f"{r.step_s:.3f}", f"{r.images_per_s:.1f}", f"{r.peak_mem_mb:.0f}")
+    out.print(t)
+
+
 def get_spec_name(name: str) -> str:
     """Validate a model name early, with the usual one-line error."""
     from harness.spec import get_spec

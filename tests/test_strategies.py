@@ -152,6 +152,13 @@ def test_every_strategy_runs_on_nuclei_sample_with_the_expected_trainable_parame
         assert 0 <= row["mIoU"] <= row["mDice"] <= 1 and row["best_epoch"] == 0
         assert (row["step_time_s"] is None) == (strategy == "frozen"), strategy
         assert '"adapter_impl": "densebench"' in row["config_json"]
+    # the report over these real rows: six strategies, all marked untrained, none compared to published numbers
+    from harness.report.html import build_report
+
+    files = build_report(tmp_path, tmp_path / "report")
+    assert sorted(e.strategy for e in files.board.entries) == sorted(STRATEGIES)
+    assert all(e.random and e.published is None for e in files.board.entries)
+    assert files.html.read_text().count("not compared") == len(STRATEGIES)
 
 
 def test_corrected_preset_uses_peft_and_records_it(tmp_path):

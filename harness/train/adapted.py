@@ -24,9 +24,8 @@ import torch
 from harness.adapt.strategies import Segmenter, trainable_parameters, trainable_state
 from harness.config import RunConfig
 from harness.data.loader import SplitArrays
-from harness.metrics.segmentation import per_image_confusion, scores
 from harness.train.checkpoint import load_checkpoint, save_checkpoint
-from harness.train.frozen import dice_loss, lr_factor
+from harness.train.frozen import dice_loss, epoch_batches, epoch_record, set_epoch_lr
 
 EventFn = Callable[[str, dict], None]
 
@@ -105,14 +104,11 @@ def train_adapted(
     started = time.perf_counter()
     step_times: list[float] = []
     for epoch in range(start, cfg.epochs):
-        for group in opt.param_groups:
-            group["lr"] = cfg.lr * lr_factor(epoch, cfg)
+        lr = set_epoch_lr(opt, epoch, cfg)
         model.train()
-        order = torch.randperm(len(train.images), generator=gen).numpy()
         losses = []
-        for i in range(0, len(order), cfg.batch_size):
+        for idx in epoch_batches(len(train.images), cfg.batch_size, gen):
             t0 = time.perf_counter()
-            idx = np.sort(order[i:i + cfg.batch_size])
             x = model.extractor.preprocess(torch.from_numpy(train.images[idx]).to(device))
             target = torch.from_numpy(train.masks[idx]).long().to(device)
             with _autocast(device, cfg.amp):
@@ -129,11 +125,9 @@ def train_adapted(
             if device.type == "cuda":
                 torch.cuda.synchronize(device)
             step_times.append(time.perf_counter() - t0)
-        val_pred = predict(model, val.images, cfg.batch_size, device, cfg.amp)
-        val_scores = scores(per_image_confusion(val_pred, val.masks, num_classes, ignore_index).sum(0))
-        if val_scores[cfg.select_metric] > best_val:  # strict >: ties keep the earlier epoch, as the reference
-            best_val, best_epoch, best_state = val_scores[cfg.select_metric], epoch, trainable_state(model)
-        record = {"epoch": epoch, "loss": float(np.mean(losses)), "lr": opt.param_groups[0]["lr"], **{f"val_{k}": v for k, v in val_scores.items()}}
+        record = epoch_record(epoch, losses, lr, predict(model, val.images, cfg.batch_size, device, cfg.amp), val.masks, num_classes, ignore_index)
+        if record["val_" + cfg.select_metric] > best_val:  # strict >: ties keep the earlier epoch, as the reference
+            best_val, best_epoch, best_state = record["val_" + cfg.select_metric], epoch, trainable_state(model)
         history.append(record)
         if checkpoint is not None:
             save_checkpoint({

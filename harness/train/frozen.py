@@ -56,6 +56,28 @@ def lr_factor(epoch: int, cfg: RunConfig) -> float:
     return 0.5 * (1 + math.cos(math.pi * (epoch - w) / span))
 
 
+def set_epoch_lr(opt: torch.optim.Optimizer, epoch: int, cfg: RunConfig) -> float:
+    """Set the preset schedule's learning rate of ``epoch`` on every parameter group; returns it."""
+    lr = cfg.lr * lr_factor(epoch, cfg)
+    for group in opt.param_groups:
+        group["lr"] = lr
+    return lr
+
+
+def epoch_batches(n: int, batch_size: int, gen: torch.Generator):
+    """Index batches of one epoch: a fresh permutation from ``gen``, cut in order, each sorted."""
+    order = torch.randperm(n, generator=gen).numpy()
+    for i in range(0, n, batch_size):
+        yield np.sort(order[i:i + batch_size])
+
+
+def epoch_record(epoch: int, losses: list[float], lr: float, val_pred: np.ndarray, val_masks: np.ndarray, num_classes: int,
+                 ignore_index: int) -> dict[str, float]:
+    """One history entry: mean loss, learning rate and the validation scores (``val_<metric>``)."""
+    val_scores = scores(per_image_confusion(val_pred, val_masks, num_classes, ignore_index).sum(0))
+    return {"epoch": epoch, "loss": float(np.mean(losses)) if losses else float("nan"), "lr": lr, **{f"val_{k}": v for k, v in val_scores.items()}}
+
+
 @dataclass
 class SplitFeatures:
     tokens: np.ndarray  # fp16 [N, L, h, w, D]
@@ -102,13 +124,10 @@ def train_frozen(
     best_val, best_epoch, best_state = -1.0, -1, copy.deepcopy(decoder.state_dict())
     history = []
     for epoch in range(cfg.epochs):
-        for group in opt.param_groups:
-            group["lr"] = cfg.lr * lr_factor(epoch, cfg)
+        lr = set_epoch_lr(opt, epoch, cfg)
         decoder.train()
-        order = torch.randperm(len(train.tokens), generator=gen).numpy()
         losses = []
-        for i in range(0, len(order), cfg.batch_size):
-            idx = np.sort(order[i:i + cfg.batch_size])
+        for idx in epoch_batches(len(train.tokens), cfg.batch_size, gen):
             logits = decoder(torch.from_numpy(train.tokens[idx]))
             loss = dice_loss(logits, torch.from_numpy(train.masks[idx]).long(), ignore_index)
             opt.zero_grad(set_to_none=True)
@@ -117,12 +136,9 @@ def train_frozen(
                 torch.nn.utils.clip_grad_norm_(decoder.parameters(), cfg.grad_clip)
             opt.step()
             losses.append(loss.item())
-        val_pred = _predict(decoder, val.tokens, cfg.batch_size)
-        val_scores = scores(per_image_confusion(val_pred, val.masks, num_classes, ignore_index).sum(0))
-        selected = val_scores[cfg.select_metric]
-        if selected > best_val:  # strict >, as the reference: ties keep the earlier epoch
-            best_val, best_epoch, best_state = selected, epoch, copy.deepcopy(decoder.state_dict())
-        record = {"epoch": epoch, "loss": float(np.mean(losses)) if losses else float("nan"), "lr": opt.param_groups[0]["lr"], **{f"val_{k}": v for k, v in val_scores.items()}}
+        record = epoch_record(epoch, losses, lr, _predict(decoder, val.tokens, cfg.batch_size), val.masks, num_classes, ignore_index)
+        if record["val_" + cfg.select_metric] > best_val:  # strict >, as the reference: ties keep the earlier epoch
+            best_val, best_epoch, best_state = record["val_" + cfg.select_metric], epoch, copy.deepcopy(decoder.state_dict())
         history.append(record)
         if on_epoch:
             on_epoch(epoch, record)

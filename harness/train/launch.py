@@ -85,10 +85,15 @@ def _run_docker(run_dir: Path, job: JobSpec, mounts: list[tuple[Path, str]], ima
     except Exception:
         pass
     volumes = {str(p): {"bind": str(p), "mode": mode} for p, mode in mounts}
+    gpus = []
+    if (job.device or "").startswith("cuda"):  # PFMBENCH_DEVICE=cuda: hand the GPUs to the container (nvidia runtime)
+        import docker.types
+
+        gpus = [docker.types.DeviceRequest(count=-1, capabilities=[["gpu"]])]
     container = client.containers.run(
         image, command=_job_command(run_dir, "python"), name=name, detach=True, volumes=volumes, network_mode="none",
         user=f"{os.getuid()}:{os.getgid()}", environment={"HOME": "/tmp", "PYTHONUNBUFFERED": "1"}, ipc_mode="private",
-        labels={"org.pfmbench.run": name, "org.pfmbench.model": job.config.model},
+        labels={"org.pfmbench.run": name, "org.pfmbench.model": job.config.model}, device_requests=gpus,
     )
     tail: collections.deque = collections.deque(maxlen=40)
     try:
@@ -109,14 +114,21 @@ def _run_docker(run_dir: Path, job: JobSpec, mounts: list[tuple[Path, str]], ima
         raise TrainJobError(f"container {name}", status, "\n".join(tail))
 
 
-def run_training_job(plan, results_dir: Path | None, data_dir: Path | None, show_progress: bool, image: str | None = None) -> ResultRow:  # noqa: ANN001 - harness.bench.Plan
-    """Run (or resume, or just collect) the training job of ``plan``; returns its row (not yet stored)."""
+def run_training_job(plan, results_dir: Path | None, data_dir: Path | None, show_progress: bool, image: str | None = None,  # noqa: ANN001 - Plan
+                     fresh: bool = False) -> ResultRow:
+    """Run (or resume, or just collect) the training job of ``plan``; returns its row (not yet stored).
+
+    ``fresh`` discards a checkpoint or finished result of the same key first: the run starts over.
+    """
     from harness.data.loader import dataset_root
 
     cfg = plan.cfg
     assert plan.run_key is not None
     run_dir = run_dir_for(plan.run_key, results_dir).absolute()
     run_dir.mkdir(parents=True, exist_ok=True)
+    if fresh:
+        for name in (CHECKPOINT_FILE, RESULT_FILE):
+            (run_dir / name).unlink(missing_ok=True)
     data_root = (data_dir or constants.DATA_DIR).absolute()
     source = dataset_root(plan.card, data_root).absolute()  # generates a built-in sample now, on the host
     weights = "random" if plan.weights.path is None else str(plan.weights.path.absolute())
@@ -131,7 +143,7 @@ def run_training_job(plan, results_dir: Path | None, data_dir: Path | None, show
         def on_event(event: dict) -> None:
             kind = event.get("event")
             if kind == "start" and event.get("resumed_from") is not None:
-                bar.update(task, completed=event["resumed_from"], info=f"resumed at epoch {event['resumed_from']}")
+                bar.update(task, completed=event["resumed_from"], info=f"resumed after {event['resumed_from']} epochs")
                 if not show_progress:
                     log.warning("resuming run %s at epoch %d of %d (from its checkpoint)", plan.run_key, event["resumed_from"] + 1, cfg.epochs)
             elif kind == "epoch":

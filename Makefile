@@ -15,11 +15,12 @@ SEED     ?= 42
 PRESET   ?= densebench
 PYTEST_ARGS ?=
 
-.PHONY: setup bench report test perf perf-zoo perf-train images base-offline lock clean help
+.PHONY: setup bench sweep report test perf perf-zoo perf-train images base-offline lock clean help
 
 help:
 	@echo "make setup                      create $(VENV) from requirements.lock"
 	@echo "make bench MODEL=.. DATASET=..  leaderboard rows [STRATEGY=frozen,lora,... WEIGHTS=random|hub|<dir> RUNTIME=auto|docker|local|inprocess EPOCHS SEED PRESET]; lists are comma-separated"
+	@echo "make sweep GRID=grid.yaml [EXECUTOR=ray]  a grid of runs (docs/sweeps.md)"
 	@echo "make report                     leaderboard, figures, HTML page (report/report.html) from results/"
 	@echo "make test                       the test suite"
 	@echo "make perf                       served vs in-process extraction throughput (JSON in .perf/)"
@@ -39,6 +40,9 @@ setup: $(BIN)/.installed
 bench: setup
 	$(BIN)/pfmbench bench --model $(MODEL) --dataset $(DATASET) --strategy $(STRATEGY) \
 	  --weights $(WEIGHTS) --runtime $(RUNTIME) --seed $(SEED) --preset $(PRESET) $(if $(EPOCHS),--epochs $(EPOCHS))
+
+sweep: setup
+	$(BIN)/pfmbench sweep $(GRID) --executor $(or $(EXECUTOR),local)
 
 report: setup
 	$(BIN)/pfmbench report --out report

@@ -178,7 +178,7 @@ def run_bench(
         if cfg.strategy != "frozen":
             from harness.train.launch import finish_run_dir
 
-            finish_run_dir(plan, results_dir)
+            finish_run_dir(plan.run_key, results_dir)
     return row
 
 
@@ -221,8 +221,10 @@ def _run_frozen(plan: Plan, data_dir: Path | None, show_progress: bool, endpoint
             report, instances = score_test(cfg, card, data, parts, size, windows=windows, resized_pred=result.test_pred,
                                            on_batch=lambda n: bar.advance(task, n))
     trainable = sum(p.numel() for p in result.decoder.parameters())
+    # a shared server (--endpoint, pfmbench sweep) does not know its image: the plan does
+    digest = digest or plan.image_digest
     return make_row(cfg, spec, card, plan.weights.label, blocks, size, data, report, result.best_epoch, result.best_val, transfer, digest,
-                    time.perf_counter() - started, instances, trainable=trainable)
+                    time.perf_counter() - started, instances, trainable=trainable, key=plan.run_key)
 
 
 def make_row(cfg: RunConfig, spec: ModelSpec, card: DatasetCard, weights_label: str, blocks: tuple[int, ...], size: int,

@@ -43,11 +43,12 @@ def local_tag(model: str) -> str:
     return f"pfmbench/{model}:latest"
 
 
-def docker_client():
+def docker_client(timeout: int = 600):
+    """A pinged client of the daemon at DOCKER_HOST; a one-line error naming the fix when none answers."""
     try:
         import docker
 
-        client = docker.from_env(timeout=600)
+        client = docker.from_env(timeout=timeout)
         client.ping()
         return client
     except Exception as exc:

@@ -19,15 +19,15 @@ class ZooEntry:
 
 
 def _built_images() -> set[str] | None:
-    """Tags of local images, or None when no daemon answers."""
-    from harness.runtime import docker_available
-
-    ok, _ = docker_available()
-    if not ok:
-        return None
+    """Tags of local images, or None when no daemon answers (one connection, one ping)."""
+    from harness.errors import RuntimeUnavailableError
     from harness.images import docker_client
 
-    return {tag for image in docker_client().images.list() for tag in image.tags}
+    try:
+        client = docker_client(timeout=3)
+    except RuntimeUnavailableError:
+        return None
+    return {tag for image in client.images.list() for tag in image.tags}
 
 
 def zoo_status(pattern: str = "*") -> tuple[list[ZooEntry], str]:

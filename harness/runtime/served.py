@@ -49,6 +49,7 @@ class ServedRuntime(Runtime):
         return "the server log"
 
     def _connect(self, url: str, token: str | None) -> None:
+        self.url, self.token = url, token  # other processes may share this server (pfmbench sweep)
         self.client = FeatureClient(url, self.spec, token=token, transfer=self._transfer, alive=self.alive)
 
     def _wait_ready(self) -> None:

@@ -172,7 +172,7 @@ def run_training_job(plan, results_dir: Path | None, data_dir: Path | None, show
     return row.model_copy(update={"runtime": cfg.runtime})
 
 
-def finish_run_dir(plan, results_dir: Path | None) -> None:  # noqa: ANN001 - harness.bench.Plan
+def finish_run_dir(run_key: str | None, results_dir: Path | None) -> None:
     """After the row is stored: drop the resume checkpoint (``best.pt``, ``job.json``, ``result.json`` stay)."""
-    if plan.run_key:
-        (run_dir_for(plan.run_key, results_dir) / CHECKPOINT_FILE).unlink(missing_ok=True)
+    if run_key:
+        (run_dir_for(run_key, results_dir) / CHECKPOINT_FILE).unlink(missing_ok=True)

@@ -1,0 +1,212 @@
+"""Where a sweep's jobs run: ``local`` (a bounded pool on this machine) or ``ray`` (tasks on a Ray cluster).
+
+Either way one attempt of a job is the same command, ``python -m harness sweep-job``, in
+its own process: a job that crashes, is killed or leaks memory takes nothing else with
+it. The job computes its row without storing it and prints it on a marked line; the
+sweep driver is the only writer of rows, so a run key gets exactly one row however many
+attempts and executors touched it.
+
+The local executor keeps one feature server per model alive while that model's
+``frozen`` jobs run and points them at it (``--endpoint``), restarting it if it died.
+Ray tasks are plain remote functions with CPU/GPU requests; Ray places them, and a task
+whose worker dies comes back to the driver as a failure, to be retried like any other.
+"""
+
+from __future__ import annotations
+
+import json
+import os
+import subprocess
+import sys
+import time
+from collections import deque
+from concurrent.futures import FIRST_COMPLETED, Future, ThreadPoolExecutor
+from concurrent.futures import wait as wait_futures
+from dataclasses import dataclass
+from pathlib import Path
+
+from harness import constants
+from harness.results.schema import ResultRow
+from harness.sweep.grid import Job
+
+ROW_PREFIX = "@pfmbench-row "
+
+
+@dataclass
+class Attempt:
+    ok: bool
+    row: ResultRow | None
+    reason: str  # why it failed ("" when ok)
+    wall_s: float
+    where: str = ""  # node that ran it
+    note: str = ""  # e.g. "resuming run ... at epoch 3 of 4" when a training job picked up its checkpoint
+
+
+def job_command(job: Job, results_dir: Path, data_dir: Path | None, endpoint: str | None = None) -> list[str]:
+    cmd = [sys.executable, "-m", "harness", "sweep-job", "--config", job.config.model_dump_json(), "--results-dir", str(results_dir)]
+    if data_dir is not None:
+        cmd += ["--data-dir", str(data_dir)]
+    if endpoint:
+        cmd += ["--endpoint", endpoint]
+    return cmd
+
+
+def run_attempt(cmd: list[str], env: dict[str, str] | None = None, timeout_s: float | None = None) -> Attempt:
+    """Run one attempt as a child process (dies with its parent) and parse its row or its error."""
+    from harness.runtime.local import die_with_parent, stop_group
+
+    started = time.perf_counter()
+    proc = subprocess.Popen(cmd, stdout=subprocess.PIPE, stderr=subprocess.PIPE, stdin=subprocess.DEVNULL, text=True,
+                            env={**os.environ, "PYTHONUNBUFFERED": "1", **(env or {})}, start_new_session=True, preexec_fn=die_with_parent)
+    try:
+        out, err = proc.communicate(timeout=timeout_s)
+    except subprocess.TimeoutExpired:
+        stop_group(proc)  # type: ignore[arg-type]
+        return Attempt(False, None, f"timed out after {timeout_s:.0f} s", time.perf_counter() - started, os.uname().nodename)
+    finally:
+        if proc.poll() is None:
+            stop_group(proc)  # type: ignore[arg-type]
+    wall = time.perf_counter() - started
+    note = next((ln.split(": ", 1)[-1] for ln in err.splitlines() if "resuming run" in ln), "")
+    for line in out.splitlines():
+        if line.startswith(ROW_PREFIX) and proc.returncode == 0:
+            return Attempt(True, ResultRow.model_validate_json(line[len(ROW_PREFIX):]), "", wall, os.uname().nodename, note)
+    if proc.returncode is not None and proc.returncode < 0:
+        reason = f"killed by signal {-proc.returncode}"
+    else:
+        lines = [ln for ln in err.splitlines() if ln.strip()]
+        reason = (lines[-1].removeprefix("error: ") if lines else f"exited with status {proc.returncode} and no message")[:300]
+    return Attempt(False, None, reason, wall, os.uname().nodename)
+
+
+class LocalExecutor:
+    """Up to ``concurrency`` jobs at once on this machine; one shared feature server per model for ``frozen`` jobs."""
+
+    name = "local"
+
+    def __init__(self, results_dir: Path, data_dir: Path | None, concurrency: int = 1, share_servers: bool = True, timeout_s: float | None = None) -> None:
+        self.results_dir, self.data_dir, self.timeout_s = results_dir, data_dir, timeout_s
+        self.concurrency = max(1, concurrency)
+        self.pool = ThreadPoolExecutor(max_workers=self.concurrency, thread_name_prefix="sweep-job")
+        self.futures: dict[Future, Job] = {}
+        self.pending: deque[Job] = deque()
+        self.unstarted: list[tuple[Job, Attempt]] = []  # attempts that failed before their process started
+        self.share_servers = share_servers
+        self.servers: dict[str, object] = {}  # model -> running ServedRuntime
+        self.server_starts = 0
+
+    def _server(self, job: Job):
+        """The model's shared server (started, or restarted if it died), or None when the job needs none."""
+        cfg = job.config
+        if not self.share_servers or cfg.strategy != "frozen" or cfg.runtime not in ("local", "docker") or cfg.inference != "resize":
+            return None
+        runtime = self.servers.get(cfg.model)
+        if runtime is not None and runtime.alive():  # type: ignore[attr-defined]
+            return runtime
+        if runtime is not None:
+            runtime.stop()  # type: ignore[attr-defined]
+        from harness.runtime import make_runtime
+        from harness.spec import get_spec
+        from harness.weights import resolve_weights
+
+        spec = get_spec(cfg.model)
+        runtime = make_runtime(cfg.runtime, spec, resolve_weights(spec, cfg.weights, cfg.init_seed))
+        self.servers[cfg.model] = runtime
+        runtime.start()  # from the driver's main thread: PDEATHSIG follows the thread that forked
+        self.server_starts += 1
+        return runtime
+
+    def _dispatch(self) -> None:
+        """Start queued jobs while slots are free; each gets its server as it starts (a restarted one has a new address)."""
+        while self.pending and len(self.futures) < self.concurrency:
+            job = self.pending.popleft()
+            try:
+                server = self._server(job)
+            except Exception as exc:  # noqa: BLE001 - the server would not start: a failed attempt, retried by the driver
+                self.unstarted.append((job, Attempt(False, None, f"{type(exc).__name__}: {exc}"[:300], 0.0)))
+                continue
+            env = {constants.TOKEN_ENV: server.token or ""} if server is not None else {}
+            cmd = job_command(job, self.results_dir, self.data_dir, server.url if server is not None else None)  # type: ignore[union-attr]
+            self.futures[self.pool.submit(run_attempt, cmd, env, self.timeout_s)] = job
+
+    def submit(self, job: Job) -> None:
+        self.pending.append(job)
+        self._dispatch()
+
+    def wait(self, timeout_s: float) -> list[tuple[Job, Attempt]]:
+        out, self.unstarted = self.unstarted, []
+        if self.futures:
+            done, _ = wait_futures(list(self.futures), timeout=timeout_s, return_when=FIRST_COMPLETED)
+            for f in done:
+                job = self.futures.pop(f)
+                try:
+                    out.append((job, f.result()))
+                except Exception as exc:  # noqa: BLE001 - an attempt that could not even start
+                    out.append((job, Attempt(False, None, f"{type(exc).__name__}: {exc}"[:300], 0.0)))
+        elif not out:
+            time.sleep(min(timeout_s, 0.1))
+        self._dispatch()
+        return out
+
+    def model_done(self, model: str) -> None:
+        runtime = self.servers.pop(model, None)
+        if runtime is not None:
+            runtime.stop()  # type: ignore[attr-defined]
+
+    def close(self) -> None:
+        self.pending.clear()
+        self.pool.shutdown(wait=True, cancel_futures=True)
+        for model in list(self.servers):
+            self.model_done(model)
+
+
+class RayExecutor:
+    """Jobs as Ray tasks. ``address``: a running cluster (``ray start --head``), or None for a local one."""
+
+    name = "ray"
+
+    def __init__(self, results_dir: Path, data_dir: Path | None, address: str | None = None, cpus_per_job: float = 1.0,
+                 gpus_per_job: float = 0.0, timeout_s: float | None = None) -> None:
+        import ray
+
+        self.ray = ray
+        self.results_dir, self.data_dir, self.timeout_s = results_dir, data_dir, timeout_s
+        if not ray.is_initialized():
+            ray.init(address=address, include_dashboard=False, logging_level="ERROR", log_to_driver=False)
+        self.remote = ray.remote(num_cpus=cpus_per_job, num_gpus=gpus_per_job, max_retries=0)(_ray_attempt)
+        self.refs: dict[object, Job] = {}
+
+    def submit(self, job: Job) -> None:
+        ref = self.remote.remote(job_command(job, self.results_dir, self.data_dir), None, self.timeout_s)
+        self.refs[ref] = job
+
+    def wait(self, timeout_s: float) -> list[tuple[Job, Attempt]]:
+        if not self.refs:
+            time.sleep(min(timeout_s, 0.1))
+            return []
+        ready, _ = self.ray.wait(list(self.refs), num_returns=1, timeout=timeout_s)
+        out = []
+        for ref in ready:
+            job = self.refs.pop(ref)
+            try:
+                data = json.loads(self.ray.get(ref))
+                data["row"] = None if data["row"] is None else ResultRow.model_validate(data["row"])
+                out.append((job, Attempt(**data)))
+            except Exception as exc:  # noqa: BLE001 - the worker died (killed, out of memory) or the node went away
+                out.append((job, Attempt(False, None, f"{type(exc).__name__}: {str(exc).splitlines()[0] if str(exc) else ''}"[:300], 0.0)))
+        return out
+
+    def model_done(self, model: str) -> None:
+        pass  # Ray tasks start their own servers on the node that runs them
+
+    def close(self) -> None:
+        for ref in list(self.refs):
+            self.ray.cancel(ref, force=True)
+        self.refs.clear()
+
+
+def _ray_attempt(cmd: list[str], env: dict[str, str] | None, timeout_s: float | None) -> str:
+    """Body of a Ray task: one attempt on whatever node Ray chose; JSON so no harness class crosses the wire."""
+    a = run_attempt(cmd, env, timeout_s)
+    return json.dumps({"ok": a.ok, "row": None if a.row is None else a.row.model_dump(mode="json"), "reason": a.reason,
+                       "wall_s": a.wall_s, "where": a.where, "note": a.note})

@@ -1,0 +1,98 @@
+"""``pfmbench sweep --plan``: what a grid will cost, before it runs.
+
+Per job: images per split from the card (``expected.files`` cut by the split ratios; an
+official split is approximated by the same ratios),
+backbone passes from the strategy, and seconds per image from one of two bases:
+
+* ``--perf zoo.json`` (``pfmbench zoo-perf`` output on the target device): the measured
+  images/s of each model, scaled to the job's input size by token count;
+* otherwise FLOPs: the model's forward FLOPs at the job's size (counted on the meta
+  device) at an effective :data:`EFFECTIVE_TFLOPS` (eager bf16 ViT-L on an H100, 3,317
+  img/s measured, about 410 TFLOP/s).
+
+Backbone passes per image: ``frozen`` one forward of every image (features extracted
+once); ``cnn_adapter`` and ``transformer_adapter`` one forward per train/val image per
+epoch (the backbone runs without gradients) plus the test forward; ``lora``, ``dora`` and
+``full`` three forward-equivalents per train image per epoch (forward and backward
+through the backbone), one per val image per epoch, plus test. Decoder cost, data
+loading and slide inference are not counted: the estimate is a floor for
+backbone-bound grids.
+"""
+
+from __future__ import annotations
+
+import json
+from dataclasses import dataclass
+from functools import lru_cache
+from pathlib import Path
+
+from harness.sweep.grid import Job, SweepSpec, expand
+
+EFFECTIVE_TFLOPS = 410.0
+#: Seconds each job costs beyond its compute: process start, imports, planning, row write (measured on CPU, docs/sweeps.md).
+JOB_OVERHEAD_S = 5.0
+_TRAIN_PASSES = {"frozen": 0.0, "cnn_adapter": 1.0, "transformer_adapter": 1.0, "lora": 3.0, "dora": 3.0, "full": 3.0}
+
+
+@dataclass
+class JobEstimate:
+    label: str
+    images: int
+    forwards: int  # forward-equivalents through the backbone
+    hours: float
+
+
+@dataclass
+class SweepEstimate:
+    jobs: list[JobEstimate]
+    basis: str
+    total_hours: float
+    wall_hours: float
+
+
+@lru_cache(maxsize=None)
+def _flops(model: str, size: int) -> float:
+    from harness.zoo_perf import count_flops
+
+    return count_flops(model, size)
+
+
+def _seconds_per_image(job: Job, size: int, perf: dict[str, dict] | None) -> float:
+    if perf is not None:
+        m = perf.get(job.model)
+        if m is None:
+            raise KeyError(job.model)
+        return (size / m["size"]) ** 2 / m["images_per_s"]
+    return _flops(job.model, size) / (EFFECTIVE_TFLOPS * 1e12)
+
+
+def estimate_job(job: Job, perf: dict[str, dict] | None) -> JobEstimate:
+    from harness.data.cards import get_card
+    from harness.spec import get_spec
+
+    card, spec = get_card(job.config.dataset), get_spec(job.model)
+    n = card.expected.files or 0
+    train, val, test = (round(n * r) for r in card.split.ratios)
+    size = job.config.input_size or card.input_size.for_patch(spec.patch_size)
+    cfg = job.config
+    if cfg.strategy == "frozen":
+        forwards = n
+    else:
+        forwards = round(cfg.epochs * (train * _TRAIN_PASSES[cfg.strategy] + val) + test)
+    return JobEstimate(job.label, n, forwards, forwards * _seconds_per_image(job, size, perf) / 3600)
+
+
+def plan_sweep(spec: SweepSpec, perf_json: Path | None = None, devices: int = 1, overhead_s: float = JOB_OVERHEAD_S) -> SweepEstimate:
+    """Estimated device-hours of every job (compute plus ``overhead_s``), and the wall time spread over ``devices``."""
+    perf = None
+    basis = f"FLOPs at {EFFECTIVE_TFLOPS:.0f} TFLOP/s effective (eager bf16 on an H100)"
+    if perf_json is not None:
+        data = json.loads(perf_json.read_text())
+        rows = data["results"] if isinstance(data, dict) else data
+        perf = {r["model"]: r for r in rows}
+        basis = f"measured img/s in {perf_json}"
+    jobs = [estimate_job(j, perf) for j in expand(spec.model_copy(update={"runtime": "inprocess"}))]  # where it runs changes no count
+    for j in jobs:
+        j.hours += overhead_s / 3600
+    total = sum(j.hours for j in jobs)
+    return SweepEstimate(jobs, basis, total, total / max(1, devices))

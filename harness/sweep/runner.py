@@ -1,0 +1,161 @@
+"""The sweep driver: expand the grid, skip finished runs, run the rest on an executor, retry, record, summarise.
+
+Guarantees:
+
+* A job is its run key. A key that has a row is skipped; two cells with one key are one job.
+* Only this driver writes rows, after an attempt returned one, and only if the key still
+  has none: rows appear exactly once per run key.
+* A failed attempt (non-zero exit, killed worker, dead server, timeout) is retried up to
+  ``retries`` more times, then recorded as failed with its reason; the sweep goes on.
+* Killing the driver loses nothing: rerun the same sweep and finished jobs are skipped,
+  training jobs resume from their last checkpoint.
+* Every state change is appended to ``<results>/sweeps/<sweep id>/events.jsonl``.
+* The results store is checked for writability before any job starts: a read-only or
+  missing target fails at once, with nothing run and existing rows untouched.
+"""
+
+from __future__ import annotations
+
+import json
+import os
+import tempfile
+import time
+from collections.abc import Callable
+from dataclasses import dataclass, field
+from datetime import datetime, timezone
+from pathlib import Path
+
+from harness import constants
+from harness.errors import ResultsError
+from harness.results.store import find_run, rows_dir, write_row
+from harness.sweep.executors import Attempt
+from harness.sweep.grid import Job, SweepSpec, expand
+
+
+@dataclass
+class JobState:
+    job: Job
+    status: str = "queued"  # queued | skipped | running | done | failed
+    attempts: int = 0
+    reason: str = ""
+    wall_s: float = 0.0
+    row_id: str = ""
+    submitted: float = 0.0  # monotonic time of the latest submit
+
+
+@dataclass
+class SweepResult:
+    sweep_id: str
+    states: list[JobState]
+    wall_s: float
+    events: Path
+    overhead: dict[str, float] = field(default_factory=dict)
+
+    def count(self, status: str) -> int:
+        return sum(s.status == status for s in self.states)
+
+
+def check_writable(results_dir: Path | None) -> None:
+    """Fail now, with the fix, if rows cannot be written (instead of after hours of compute)."""
+    target = rows_dir(results_dir)
+    try:
+        target.mkdir(parents=True, exist_ok=True)
+        fd, probe = tempfile.mkstemp(prefix=".probe-", dir=target)
+        os.close(fd)
+        os.unlink(probe)
+    except OSError as exc:
+        raise ResultsError(f"the results store {target} is not writable: {exc.strerror or exc}",
+                           "pass a writable --results-dir (or set PFMBENCH_RESULTS)") from exc
+
+
+class _Events:
+    def __init__(self, path: Path) -> None:
+        path.parent.mkdir(parents=True, exist_ok=True)
+        self.path = path
+
+    def __call__(self, state: JobState, event: str, **extra: object) -> None:
+        rec = {"time": datetime.now(timezone.utc).isoformat(timespec="seconds"), "event": event, "run_key": state.job.run_key,
+               "job": state.job.label, "attempt": state.attempts, **extra}
+        with self.path.open("a") as f:
+            f.write(json.dumps(rec) + "\n")
+
+
+def run_sweep(spec: SweepSpec, executor, results_dir: Path | None = None,  # noqa: ANN001 - LocalExecutor | RayExecutor
+              on_change: Callable[[list[JobState]], None] | None = None, poll_s: float = 0.5) -> SweepResult:
+    """Run every job of ``spec`` that has no row yet on ``executor``; returns the final states."""
+    started = time.perf_counter()
+    results = results_dir or constants.RESULTS_DIR
+    check_writable(results)
+    jobs = expand(spec)
+    events = _Events(results / "sweeps" / spec.sweep_id() / "events.jsonl")
+    states = [JobState(j) for j in jobs]
+    for s in states:
+        done = find_run(s.job.run_key, results)
+        if done is not None:
+            s.status, s.row_id = "skipped", done.row_id
+            events(s, "skipped", row_id=done.row_id)
+    by_key = {s.job.run_key: s for s in states}
+    todo = [s for s in states if s.status == "queued"]
+    todo.sort(key=lambda s: s.job.model)  # a model's jobs together: its shared server lives once
+    remaining = {m: sum(s.job.model == m for s in todo) for m in {s.job.model for s in todo}}
+    notify = on_change or (lambda _states: None)
+    write_s: list[float] = []
+    failed_to_start: list[tuple[Job, Attempt]] = []
+    try:
+        for s in todo:
+            _submit(executor, s, events, failed_to_start)
+        notify(states)
+        while any(s.status == "running" for s in states):
+            finished, failed_to_start[:] = failed_to_start + executor.wait(poll_s), []
+            for job, attempt in finished:
+                s = by_key[job.run_key]
+                s.wall_s += attempt.wall_s
+                if attempt.ok:
+                    t0 = time.perf_counter()
+                    s.status, s.row_id = "done", _store(attempt, results)
+                    write_s.append(time.perf_counter() - t0)
+                    # driver_s: submit to row in hand (queueing + scheduling + process + job); process_s: the job's process;
+                    # run_s: the run itself as the row records it. The differences are the executor's overheads.
+                    events(s, "done", row_id=s.row_id, driver_s=round(time.monotonic() - s.submitted, 3), process_s=round(attempt.wall_s, 3),
+                           run_s=attempt.row.wall_time_s if attempt.row else None, write_s=round(write_s[-1], 4), where=attempt.where, note=attempt.note)
+                elif s.attempts <= spec.retries:
+                    events(s, "retry", reason=attempt.reason, where=attempt.where)
+                    s.reason = attempt.reason
+                    _submit(executor, s, events, failed_to_start)
+                else:
+                    s.status, s.reason = "failed", attempt.reason
+                    events(s, "failed", reason=attempt.reason, where=attempt.where)
+                if s.status in ("done", "failed"):
+                    remaining[job.model] -= 1
+                    if remaining[job.model] == 0:
+                        executor.model_done(job.model)
+            notify(states)
+    finally:
+        executor.close()
+    overhead = {"result_write_s": sum(write_s) / len(write_s)} if write_s else {}
+    return SweepResult(spec.sweep_id(), states, time.perf_counter() - started, events.path, overhead)
+
+
+def _submit(executor, state: JobState, events: _Events, failed: list[tuple[Job, Attempt]]) -> None:  # noqa: ANN001
+    state.attempts += 1
+    state.status = "running"
+    state.submitted = time.monotonic()
+    events(state, "started")
+    try:
+        executor.submit(state.job)
+    except Exception as exc:  # noqa: BLE001 - e.g. the shared server would not start: a failed attempt, retried like any other
+        failed.append((state.job, Attempt(False, None, f"{type(exc).__name__}: {exc}"[:300], 0.0)))
+
+
+def _store(attempt: Attempt, results: Path) -> str:
+    """Write the attempt's row unless its key already has one (exactly once); returns the stored row id."""
+    from harness.train.launch import finish_run_dir
+
+    row = attempt.row
+    assert row is not None
+    existing = find_run(row.run_key, results)
+    if existing is not None:
+        return existing.row_id
+    write_row(row, results)
+    finish_run_dir(row.run_key, results)
+    return row.row_id

@@ -1,0 +1,224 @@
+"""`pfmbench sweep`: local and Ray executors, skip/resume, retries after killed workers and servers,
+exactly one row per run key, a failing results write, and the compute plan."""
+
+from __future__ import annotations
+
+import json
+import os
+import signal
+import subprocess
+import sys
+import threading
+import time
+from pathlib import Path
+
+import pytest
+
+from harness.results.store import read_rows
+from harness.sweep.executors import LocalExecutor
+from harness.sweep.grid import SweepSpec, expand, load_spec
+from harness.sweep.runner import run_sweep
+
+from conftest import free_port, processes, server_processes
+
+TINY = {"epochs": 1, "input_size": 32}
+GRID = SweepSpec(models=["phikon", "lunit_vits8"], datasets=["nuclei-sample", "synthetic-tissue"], strategies=["frozen", "lora"],
+                 runtime="inprocess", overrides=TINY, retries=2)
+
+
+def _events(res) -> list[dict]:
+    return [json.loads(line) for line in res.events.read_text().splitlines()]
+
+
+def _by_key(rows: list[dict]) -> dict[str, dict]:
+    keys = [r["run_key"] for r in rows]
+    assert len(keys) == len(set(keys)), "a run key has more than one row"
+    return {r["run_key"]: r for r in rows}
+
+
+@pytest.fixture(scope="module")
+def ray_cluster():
+    """A real local Ray cluster on 127.0.0.1 with 2 worker slots, started with `ray start --head`."""
+    ray_bin = str(Path(sys.executable).parent / "ray")
+    port = free_port()
+    start = subprocess.run([ray_bin, "start", "--head", "--node-ip-address=127.0.0.1", f"--port={port}", "--num-cpus=2",
+                            "--include-dashboard=false", "--object-store-memory=200000000", "--disable-usage-stats"],
+                           capture_output=True, text=True, timeout=180)
+    assert start.returncode == 0, start.stdout + start.stderr
+    yield f"127.0.0.1:{port}"
+    import ray
+
+    ray.shutdown()
+    subprocess.run([ray_bin, "stop", "--force"], capture_output=True, timeout=120)
+
+
+def test_local_and_ray_sweeps_agree_and_a_rerun_skips_everything(tmp_path, ray_cluster, no_leftover_servers):
+    from harness.sweep.executors import RayExecutor
+
+    local = run_sweep(GRID, LocalExecutor(tmp_path / "local", None, concurrency=2), tmp_path / "local")
+    assert (local.count("done"), local.count("failed")) == (8, 0), [(s.job.label, s.reason) for s in local.states]
+    ray_res = run_sweep(GRID, RayExecutor(tmp_path / "ray", None, address=ray_cluster), tmp_path / "ray")
+    assert (ray_res.count("done"), ray_res.count("failed")) == (8, 0), [(s.job.label, s.reason) for s in ray_res.states]
+    a, b = _by_key(read_rows(tmp_path / "local")), _by_key(read_rows(tmp_path / "ray"))
+    assert sorted(a) == sorted(b) and len(a) == 8
+    for key in a:
+        for m in ("mIoU", "mDice", "best_val", "per_class_iou", "trainable_params"):
+            assert a[key][m] == b[key][m], (a[key]["model"], a[key]["strategy"], m)
+    assert len([e for e in _events(local) if e["event"] == "started"]) == 8  # no retries were needed
+    assert {e["where"] for e in _events(ray_res) if e["event"] == "done"} == {os.uname().nodename}
+    again = run_sweep(GRID, LocalExecutor(tmp_path / "local", None), tmp_path / "local")
+    assert again.count("skipped") == 8 and len(read_rows(tmp_path / "local")) == 8
+
+
+def _kill_once(match: str, tmp_path: Path, stop: threading.Event, after_s: float = 1.0, while_running: str | None = None) -> threading.Thread:
+    """Background killer: SIGKILL the first process whose command line contains ``match``, ``after_s`` after it
+    appears (and, with ``while_running``, only once a process matching that runs too)."""
+    def run() -> None:
+        while not stop.is_set():
+            listing = processes()
+            if while_running and not any(while_running in c for _, _, c in listing):
+                time.sleep(0.05)
+                continue
+            for pid, _, cmd in listing:
+                if match in cmd and pid != os.getpid():
+                    time.sleep(after_s)
+                    try:
+                        os.kill(pid, signal.SIGKILL)
+                        (tmp_path / "killed").write_text(cmd)
+                    except ProcessLookupError:
+                        continue
+                    return
+            time.sleep(0.05)
+
+    t = threading.Thread(target=run, daemon=True)
+    t.start()
+    return t
+
+
+def test_a_killed_job_and_a_killed_server_are_retried_and_complete(tmp_path, no_leftover_servers):
+    spec = SweepSpec(models=["phikon"], datasets=["nuclei-sample"], strategies=["frozen"], seeds=[1, 2], runtime="local", overrides=TINY)
+    stop = threading.Event()
+    # the shared server dies under a running job: that job fails, the server is restarted, the job retried
+    killer = _kill_once("harness.serve", tmp_path, stop, after_s=1.0, while_running="sweep-job")
+    res = run_sweep(spec, LocalExecutor(tmp_path / "res", None), tmp_path / "res")
+    stop.set()
+    killer.join(5)
+    assert (tmp_path / "killed").exists() and res.count("done") == 2, [(s.job.label, s.reason) for s in res.states]
+    retries = [e for e in _events(res) if e["event"] == "retry"]
+    assert retries and all(e["reason"] for e in retries)
+
+    stop = threading.Event()
+    (tmp_path / "killed").unlink()
+    killer = _kill_once("sweep-job", tmp_path, stop, after_s=1.0)  # a worker (the job's process) is killed
+    spec2 = spec.model_copy(update={"seeds": [3]})
+    res2 = run_sweep(spec2, LocalExecutor(tmp_path / "res", None), tmp_path / "res")
+    stop.set()
+    killer.join(5)
+    assert (tmp_path / "killed").exists() and res2.count("done") == 1
+    assert any(e["event"] == "retry" and "killed by signal 9" in e["reason"] for e in _events(res2))
+    assert len(_by_key(read_rows(tmp_path / "res"))) == 3
+
+
+def test_a_killed_ray_worker_is_retried(tmp_path, ray_cluster):
+    from harness.sweep.executors import RayExecutor
+
+    spec = SweepSpec(models=["lunit_vits8"], datasets=["nuclei-sample"], strategies=["lora"], runtime="inprocess", overrides=TINY)
+    stop = threading.Event()
+    killer = _kill_once("ray::_ray_attempt", tmp_path, stop, after_s=1.0)
+    res = run_sweep(spec, RayExecutor(tmp_path / "res", None, address=ray_cluster), tmp_path / "res")
+    stop.set()
+    killer.join(5)
+    assert (tmp_path / "killed").exists(), "no Ray worker ran the task"
+    assert res.count("done") == 1 and res.states[0].attempts == 2
+    assert len(read_rows(tmp_path / "res")) == 1
+
+
+def test_killing_the_driver_then_rerunning_skips_finished_and_resumes_partial_jobs(tmp_path, no_leftover_servers):
+    grid = tmp_path / "grid.yaml"
+    grid.write_text("models: [phikon]\ndatasets: [nuclei-sample]\nstrategies: [frozen, lora]\nruntime: inprocess\n"
+                    "overrides: {epochs: 4, input_size: 64}\n")
+    res = tmp_path / "res"
+    args = [sys.executable, "-m", "harness.cli", "sweep", str(grid), "--results-dir", str(res), "--no-progress"]
+    driver = subprocess.Popen(args, stdout=subprocess.PIPE, stderr=subprocess.PIPE, text=True)
+    deadline = time.monotonic() + 600
+    while not (read_rows(res) and list(res.glob("runs/*/checkpoint.pt"))):  # frozen stored, lora part-way
+        assert driver.poll() is None, driver.communicate()
+        assert time.monotonic() < deadline
+        time.sleep(0.1)
+    driver.kill()
+    driver.wait()
+    deadline = time.monotonic() + 15
+    while any("sweep-job" in p[2] for p in processes()) and time.monotonic() < deadline:
+        time.sleep(0.1)
+    assert not any("sweep-job" in p[2] for p in processes()), "a job outlived its driver"
+    assert len(read_rows(res)) == 1
+    again = subprocess.run(args, capture_output=True, text=True, timeout=600)
+    assert again.returncode == 0, again.stderr
+    assert "1 done, 1 skipped, 0 failed" in again.stdout
+    events = [json.loads(x) for x in next(res.glob("sweeps/*/events.jsonl")).read_text().splitlines()]
+    assert any(e["event"] == "done" and "resuming run" in e.get("note", "") for e in events)
+    rows = _by_key(read_rows(res))
+    assert sorted(r["strategy"] for r in rows.values()) == ["frozen", "lora"]
+
+
+def test_an_unwritable_store_fails_before_any_job_runs(tmp_path):
+    res = subprocess.run([sys.executable, "-m", "harness.cli", "sweep", "-m", "phikon", "-d", "nuclei-sample", "--results-dir", "/proc/pfmbench-results",
+                          "--no-progress"], capture_output=True, text=True, timeout=120)
+    assert res.returncode == 1 and "is not writable" in res.stderr and "--results-dir" in res.stderr and "Traceback" not in res.stderr
+
+
+def test_a_failing_row_write_is_a_clear_error_and_keeps_the_stored_rows(tmp_path, monkeypatch):
+    import pyarrow.parquet as pq
+
+    from harness.errors import ResultsError
+
+    store = tmp_path / "res"
+    spec = SweepSpec(models=["lunit_vits8"], datasets=["nuclei-sample"], strategies=["frozen"], seeds=[1], runtime="inprocess", overrides=TINY)
+    assert run_sweep(spec, LocalExecutor(store, None), store).count("done") == 1
+    before = {p.name: p.read_bytes() for p in (store / "rows").iterdir()}
+    real = pq.write_table
+
+    def disk_full(table, where, **kw):
+        Path(where).write_bytes(b"PAR1 torn")
+        raise OSError(28, "No space left on device")
+
+    monkeypatch.setattr(pq, "write_table", disk_full)
+    with pytest.raises(ResultsError, match="No space left on device"):
+        run_sweep(spec.model_copy(update={"seeds": [2]}), LocalExecutor(store, None), store)
+    monkeypatch.setattr(pq, "write_table", real)
+    after = {p.name: p.read_bytes() for p in (store / "rows").iterdir()}
+    assert after == before  # nothing torn, nothing lost, no temporary file left
+    assert len(read_rows(store)) == 1
+
+
+def test_grid_file_errors_and_duplicate_cells(tmp_path):
+    from harness.errors import ConfigError
+
+    bad = tmp_path / "bad.yaml"
+    bad.write_text("models: [phikon]\ndatasets: [nuclei-sample]\nstrategy: [lora]\n")
+    with pytest.raises(ConfigError, match="strategy"):
+        load_spec(bad)
+    same = SweepSpec(models=["phikon", "phikon"], datasets=["nuclei-sample"], runtime="inprocess", overrides=TINY)
+    assert len(expand(same)) == 1  # one run key, one job
+
+
+def test_plan_counts_backbone_passes_from_cards_and_perf(tmp_path):
+    from harness.sweep.plan import plan_sweep
+
+    perf = tmp_path / "zoo.json"
+    perf.write_text(json.dumps({"results": [{"model": "phikon", "size": 224, "images_per_s": 100.0}]}))
+    spec = SweepSpec(models=["phikon"], datasets=["pannuke"], strategies=["frozen", "lora", "cnn_adapter"], runtime="inprocess", overrides={"epochs": 10})
+    est = plan_sweep(spec, perf, devices=4, overhead_s=0.0)
+    jobs = {j.label.split(" / ")[2]: j for j in est.jobs}
+    n = 7901  # PanNuke's card; 70/20/10 -> 5531 / 1580 / 790
+    assert jobs["frozen"].forwards == n
+    assert jobs["lora"].forwards == 10 * (5531 * 3 + 1580) + 790
+    assert jobs["cnn_adapter"].forwards == 10 * (5531 + 1580) + 790
+    size = 256  # PanNuke at patch 16
+    assert jobs["frozen"].hours == pytest.approx(n * (size / 224) ** 2 / 100 / 3600)
+    assert est.wall_hours == pytest.approx(est.total_hours / 4)
+    with_overhead = plan_sweep(spec, perf, devices=4, overhead_s=36.0)
+    assert with_overhead.total_hours == pytest.approx(est.total_hours + 3 * 0.01)
+    cli = subprocess.run([sys.executable, "-m", "harness.cli", "sweep", "-m", "phikon", "-d", "pannuke", "-s", "frozen,lora", "--epochs", "10",
+                          "--runtime", "inprocess", "--plan", "--perf", str(perf)], capture_output=True, text=True, timeout=120)
+    assert cli.returncode == 0 and "device-hours" in cli.stdout and "lora" in cli.stdout and "most expensive" in cli.stdout

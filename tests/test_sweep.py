@@ -222,3 +222,20 @@ def test_plan_counts_backbone_passes_from_cards_and_perf(tmp_path):
     cli = subprocess.run([sys.executable, "-m", "harness.cli", "sweep", "-m", "phikon", "-d", "pannuke", "-s", "frozen,lora", "--epochs", "10",
                           "--runtime", "inprocess", "--plan", "--perf", str(perf)], capture_output=True, text=True, timeout=120)
     assert cli.returncode == 0 and "device-hours" in cli.stdout and "lora" in cli.stdout and "most expensive" in cli.stdout
+
+
+def test_ctrl_c_stops_the_sweep_and_its_jobs_at_once(tmp_path):
+    args = [sys.executable, "-m", "harness.cli", "sweep", "-m", "phikon", "-d", "nuclei-sample", "-s", "lora", "--epochs", "50",
+            "--input-size", "64", "--runtime", "inprocess", "--results-dir", str(tmp_path), "--no-progress"]
+    driver = subprocess.Popen(args, stdout=subprocess.PIPE, stderr=subprocess.PIPE, text=True)
+    deadline = time.monotonic() + 300
+    while not list(tmp_path.glob("runs/*/checkpoint.pt")):  # the job is training
+        assert driver.poll() is None, driver.communicate()
+        assert time.monotonic() < deadline
+        time.sleep(0.1)
+    t0 = time.monotonic()
+    driver.send_signal(signal.SIGINT)
+    driver.communicate(timeout=60)
+    assert driver.returncode != 0 and time.monotonic() - t0 < 30
+    assert not any("sweep-job" in p[2] for p in processes())
+    assert read_rows(tmp_path) == []

@@ -51,13 +51,18 @@ def job_command(job: Job, results_dir: Path, data_dir: Path | None, endpoint: st
     return cmd
 
 
-def run_attempt(cmd: list[str], env: dict[str, str] | None = None, timeout_s: float | None = None) -> Attempt:
-    """Run one attempt as a child process (dies with its parent) and parse its row or its error."""
+def run_attempt(cmd: list[str], env: dict[str, str] | None = None, timeout_s: float | None = None, live: set | None = None) -> Attempt:
+    """Run one attempt as a child process (dies with its parent) and parse its row or its error.
+
+    ``live`` (if given) holds the process while it runs, so an interrupted driver can stop it at once.
+    """
     from harness.runtime.local import die_with_parent, stop_group
 
     started = time.perf_counter()
     proc = subprocess.Popen(cmd, stdout=subprocess.PIPE, stderr=subprocess.PIPE, stdin=subprocess.DEVNULL, text=True,
                             env={**os.environ, "PYTHONUNBUFFERED": "1", **(env or {})}, start_new_session=True, preexec_fn=die_with_parent)
+    if live is not None:
+        live.add(proc)
     try:
         out, err = proc.communicate(timeout=timeout_s)
     except subprocess.TimeoutExpired:
@@ -66,6 +71,8 @@ def run_attempt(cmd: list[str], env: dict[str, str] | None = None, timeout_s: fl
     finally:
         if proc.poll() is None:
             stop_group(proc)  # type: ignore[arg-type]
+        if live is not None:
+            live.discard(proc)
     wall = time.perf_counter() - started
     note = next((ln.split(": ", 1)[-1] for ln in err.splitlines() if "resuming run" in ln), "")
     for line in out.splitlines():
@@ -89,6 +96,7 @@ class LocalExecutor:
         self.concurrency = max(1, concurrency)
         self.pool = ThreadPoolExecutor(max_workers=self.concurrency, thread_name_prefix="sweep-job")
         self.futures: dict[Future, Job] = {}
+        self.live: set = set()  # job processes now running
         self.pending: deque[Job] = deque()
         self.unstarted: list[tuple[Job, Attempt]] = []  # attempts that failed before their process started
         self.share_servers = share_servers
@@ -127,7 +135,7 @@ class LocalExecutor:
                 continue
             env = {constants.TOKEN_ENV: server.token or ""} if server is not None else {}
             cmd = job_command(job, self.results_dir, self.data_dir, server.url if server is not None else None)  # type: ignore[union-attr]
-            self.futures[self.pool.submit(run_attempt, cmd, env, self.timeout_s)] = job
+            self.futures[self.pool.submit(run_attempt, cmd, env, self.timeout_s, self.live)] = job
 
     def submit(self, job: Job) -> None:
         self.pending.append(job)
@@ -154,7 +162,12 @@ class LocalExecutor:
             runtime.stop()  # type: ignore[attr-defined]
 
     def close(self) -> None:
+        """Stop what still runs (an interrupted sweep: Ctrl-C), then the shared servers. Finished rows are already stored."""
+        from harness.runtime.local import stop_group
+
         self.pending.clear()
+        for proc in list(self.live):
+            stop_group(proc, grace_s=5.0)
         self.pool.shutdown(wait=True, cancel_futures=True)
         for model in list(self.servers):
             self.model_done(model)

@@ -22,7 +22,7 @@ from harness.adapt.strategies import build_segmenter, trainable_parameters
 from harness.builders import build_extractor
 from harness.results import provenance
 from harness.spec import get_spec
-from harness.train.frozen import dice_loss
+from harness.train.adapted import train_step
 
 
 @dataclass
@@ -57,17 +57,7 @@ def measure(model: str, strategy: str, device: str = "cpu", size: int = 224, bat
     seg.train()
     for i in range(warmup + steps):
         t0 = time.perf_counter()
-        with torch.autocast(dev.type, dtype=torch.float16, enabled=dev.type == "cuda"):
-            logits = seg(seg.extractor.preprocess(images))
-        loss = dice_loss(logits.float(), target)
-        opt.zero_grad(set_to_none=True)
-        scaler.scale(loss).backward()
-        scaler.unscale_(opt)
-        torch.nn.utils.clip_grad_norm_(params, 5.0)
-        scaler.step(opt)
-        scaler.update()
-        if dev.type == "cuda":
-            torch.cuda.synchronize(dev)
+        train_step(seg, opt, scaler, params, images, target, grad_clip=5.0)
         if i >= warmup:
             times.append(time.perf_counter() - t0)
     step = statistics.median(times)

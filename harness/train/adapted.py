@@ -65,6 +65,27 @@ def predict_logits(model: Segmenter, images: np.ndarray, device: torch.device, a
         return model(x).float().cpu().numpy()
 
 
+def train_step(model: Segmenter, opt: torch.optim.Optimizer, scaler: torch.amp.GradScaler, params: list[torch.nn.Parameter],
+               images: torch.Tensor, target: torch.Tensor, grad_clip: float | None, ignore_index: int = 255, amp: bool = True) -> float:
+    """One optimiser step on a uint8 image batch: forward (fp16 autocast on a GPU), Dice loss, scaled backward,
+    clipping, Adam, scaler update. Returns the loss; on a GPU it returns once the step has finished."""
+    device = images.device
+    with _autocast(device, amp):
+        logits = model(model.extractor.preprocess(images))
+    loss = dice_loss(logits.float(), target, ignore_index)
+    opt.zero_grad(set_to_none=True)
+    scaler.scale(loss).backward()
+    if grad_clip:
+        scaler.unscale_(opt)
+        torch.nn.utils.clip_grad_norm_(params, grad_clip)
+    scaler.step(opt)
+    scaler.update()
+    value = loss.item()
+    if device.type == "cuda":
+        torch.cuda.synchronize(device)
+    return value
+
+
 def train_adapted(
     cfg: RunConfig,
     model: Segmenter,
@@ -109,21 +130,9 @@ def train_adapted(
         losses = []
         for idx in epoch_batches(len(train.images), cfg.batch_size, gen):
             t0 = time.perf_counter()
-            x = model.extractor.preprocess(torch.from_numpy(train.images[idx]).to(device))
+            images = torch.from_numpy(train.images[idx]).to(device)
             target = torch.from_numpy(train.masks[idx]).long().to(device)
-            with _autocast(device, cfg.amp):
-                logits = model(x)
-            loss = dice_loss(logits.float(), target, ignore_index)
-            opt.zero_grad(set_to_none=True)
-            scaler.scale(loss).backward()
-            if cfg.grad_clip:
-                scaler.unscale_(opt)
-                torch.nn.utils.clip_grad_norm_(params, cfg.grad_clip)
-            scaler.step(opt)
-            scaler.update()
-            losses.append(loss.item())
-            if device.type == "cuda":
-                torch.cuda.synchronize(device)
+            losses.append(train_step(model, opt, scaler, params, images, target, cfg.grad_clip, ignore_index, cfg.amp))
             step_times.append(time.perf_counter() - t0)
         record = epoch_record(epoch, losses, lr, predict(model, val.images, cfg.batch_size, device, cfg.amp), val.masks, num_classes, ignore_index)
         if record["val_" + cfg.select_metric] > best_val:  # strict >: ties keep the earlier epoch, as the reference

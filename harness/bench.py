@@ -9,11 +9,12 @@ A row is written only after everything succeeded.
 
 from __future__ import annotations
 
+import contextlib
 import json
 import logging
 import time
 import uuid
-from collections.abc import Callable
+from collections.abc import Callable, Iterable, Iterator
 from dataclasses import dataclass
 from datetime import datetime, timezone
 from pathlib import Path
@@ -31,6 +32,7 @@ from harness.infer.sliding import sliding_window
 from harness.metrics.instances import score_instances
 from harness.metrics.segmentation import SegmentationReport, evaluate, per_image_confusion
 from harness.errors import ConfigError
+from harness.feature_cache import FeatureCache, FeatureKey, host_environment, pixels_hash
 from harness.progress import progress_bar
 from harness.results import provenance
 from harness.results.schema import METRICS, ResultRow
@@ -45,15 +47,24 @@ log = logging.getLogger("pfmbench.bench")
 EXTRACT_BATCH = 8
 
 
-def extract_features(runtime: Runtime, images: np.ndarray, blocks: tuple[int, ...], batch: int = EXTRACT_BATCH, on_batch=None) -> np.ndarray:
-    """Token grids of every image through ``runtime``, in batches (fp16 ``[N, L, h, w, D]``)."""
-    out: list[np.ndarray] = []
-    for i in range(0, len(images), batch):
-        tokens, _ = runtime.infer(images[i:i + batch], blocks)
-        out.append(tokens)
+def iter_features(runtime: Runtime, images: Iterable[np.ndarray] | np.ndarray, blocks: tuple[int, ...], batch: int = EXTRACT_BATCH,
+                  on_batch=None) -> Iterator[np.ndarray]:
+    """Token grids through ``runtime``, one batch at a time (fp16 ``[b, L, h, w, D]``).
+
+    ``images`` is an array (cut into batches of ``batch``) or any iterable of image batches,
+    so a dataset larger than memory streams from its reader to the cache.
+    """
+    chunks = (images[i:i + batch] for i in range(0, len(images), batch)) if isinstance(images, np.ndarray) else images
+    for chunk in chunks:
+        tokens, _ = runtime.infer(chunk, blocks)
         if on_batch:
             on_batch(len(tokens))
-    return np.concatenate(out)
+        yield tokens
+
+
+def extract_features(runtime: Runtime, images: np.ndarray, blocks: tuple[int, ...], batch: int = EXTRACT_BATCH, on_batch=None) -> np.ndarray:
+    """Token grids of every image through ``runtime``, in memory (fp16 ``[N, L, h, w, D]``)."""
+    return np.concatenate(list(iter_features(runtime, images, blocks, batch, on_batch)))
 
 
 def load_splits(card: DatasetCard, size: int, data_dir: Path | None) -> tuple[dict[str, SplitArrays], dict[str, list[Sample]]]:
@@ -149,6 +160,7 @@ def run_bench(
     image: str | None = None,
     notify: Callable[[str], None] | None = None,
     skip_finished: bool = False,
+    feature_cache: bool = True,
 ) -> ResultRow:
     """Run one configuration end to end and (by default) append its row to the results store.
 
@@ -159,6 +171,9 @@ def run_bench(
     told), and an interrupted training job resumes from its checkpoint. Without it the
     run starts from scratch (``--rerun``, ``pfmbench reproduce``).
     ``notify`` receives one-off notices for the user (a model's licence on first use).
+    With ``feature_cache`` (the default), ``frozen`` reads each split's token grids from
+    :class:`~harness.feature_cache.FeatureCache` when an earlier run extracted them, and
+    writes them there otherwise.
     """
     plan = plan_run(cfg, image)
     if skip_finished and plan.run_key and (done := find_run(plan.run_key, results_dir)) is not None:
@@ -168,7 +183,7 @@ def run_bench(
     if notify is not None and (notice := licence_notice(plan.spec, plan.weights)):
         notify(notice)
     if cfg.strategy == "frozen":
-        row = _run_frozen(plan, data_dir, show_progress, endpoint, image)
+        row = _run_frozen(plan, data_dir, show_progress, endpoint, image, FeatureCache() if feature_cache else None)
     else:
         from harness.train.launch import run_training_job
 
@@ -182,25 +197,54 @@ def run_bench(
     return row
 
 
-def _run_frozen(plan: Plan, data_dir: Path | None, show_progress: bool, endpoint: str | None, image: str | None) -> ResultRow:
-    """The ``frozen`` strategy: features through the runtime once, then decoder epochs here."""
+def feature_keys(plan: Plan, data: dict[str, SplitArrays]) -> dict[str, FeatureKey] | None:
+    """The cache key of each split's features, or None where the model's environment is unknown.
+
+    A server started elsewhere (``--endpoint``) may run any code on any weights, so its
+    features are never cached.
+    """
+    cfg, spec = plan.cfg, plan.spec
+    if cfg.runtime == "endpoint" or (cfg.runtime == "docker" and not plan.image_digest):
+        return None
+    environment = plan.image_digest if cfg.runtime == "docker" else host_environment()
+    weights = f"random:{plan.weights.init_seed}" if plan.weights.kind == "random" else plan.weights.label
+    return {
+        name: FeatureKey(spec.name, spec.spec_hash(), environment, weights, plan.card.name, plan.card.card_hash(), name,
+                         pixels_hash([d.images]), plan.size, plan.blocks)
+        for name, d in data.items()
+    }
+
+
+def _run_frozen(plan: Plan, data_dir: Path | None, show_progress: bool, endpoint: str | None, image: str | None,
+                cache: FeatureCache | None) -> ResultRow:
+    """The ``frozen`` strategy: features through the runtime once (or from the cache), then decoder epochs here."""
     started = time.perf_counter()
     cfg, spec, card, blocks, size = plan.cfg, plan.spec, plan.card, plan.blocks, plan.size
     data, parts = load_splits(card, size, data_dir)
     torch.manual_seed(cfg.seed)
 
-    runtime_kwargs = {"image": image} if image else {}
-    with make_runtime(cfg.runtime, spec, plan.weights, endpoint=endpoint, **runtime_kwargs) as runtime:
-        with progress_bar(show_progress) as bar:
-            total = sum(len(d.images) for d in data.values())
-            task = bar.add_task(f"features {spec.name} ({runtime.name})", total=total, info=f"{size}px blocks {list(blocks)}")
-            feats = {
-                name: SplitFeatures(extract_features(runtime, d.images, blocks, on_batch=lambda n: bar.advance(task, n)), d.masks)
-                for name, d in data.items()
-            }
-        transfer, digest = runtime.transfer, runtime.image_digest
-        if cfg.inference == "resize":  # nothing more to extract: free the server before training
+    keys = feature_keys(plan, data) if cache is not None else None
+    tokens = {name: cache.get(key) for name, key in keys.items()} if cache is not None and keys else {}
+    missing = [name for name in data if tokens.get(name) is None]
+    transfer, digest = "cache", None
+    with contextlib.ExitStack() as stack:
+        runtime: Runtime | None = None
+        if missing or cfg.inference == "slide":
+            runtime_kwargs = {"image": image} if image else {}
+            runtime = stack.enter_context(make_runtime(cfg.runtime, spec, plan.weights, endpoint=endpoint, **runtime_kwargs))
+            transfer, digest = runtime.transfer, runtime.image_digest
+        if missing:
+            assert runtime is not None
+            with progress_bar(show_progress) as bar:
+                total = sum(len(data[name].images) for name in missing)
+                where = f"{runtime.name}{', to the cache' if keys else ''}"
+                task = bar.add_task(f"features {spec.name} ({where})", total=total, info=f"{size}px blocks {list(blocks)}")
+                for name in missing:
+                    batches = iter_features(runtime, data[name].images, blocks, on_batch=lambda n: bar.advance(task, n))
+                    tokens[name] = cache.put(keys[name], batches) if cache is not None and keys else np.concatenate(list(batches))
+        if runtime is not None and cfg.inference == "resize":  # nothing more to extract: free the server before training
             runtime.stop()
+        feats = {name: SplitFeatures(tokens[name], d.masks) for name, d in data.items()}
 
         with progress_bar(show_progress) as bar:
             task = bar.add_task(f"train {cfg.decoder} decoder", total=cfg.epochs, info="")
@@ -212,9 +256,10 @@ def _run_frozen(plan: Plan, data_dir: Path | None, show_progress: bool, endpoint
             result = train_frozen(cfg, feats["train"], feats["val"], test_feats, card.num_classes, spec.patch_size, card.ignore_index, on_epoch)
 
         def windows(tiles: np.ndarray) -> np.ndarray:
-            tokens, _ = runtime.infer(tiles, blocks)
+            assert runtime is not None  # slide inference keeps the runtime
+            grid, _ = runtime.infer(tiles, blocks)
             with torch.inference_mode():
-                return result.decoder(torch.from_numpy(tokens)).float().numpy()
+                return result.decoder(torch.from_numpy(grid)).float().numpy()
 
         with progress_bar(show_progress and cfg.inference == "slide") as bar:
             task = bar.add_task(f"slide {cfg.window or size}px (overlap {cfg.overlap})", total=None, info="")

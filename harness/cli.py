@@ -35,6 +35,9 @@ images_app = typer.Typer(help="Build, push and pull model images (models/images.
 app.add_typer(models_app, name="models")
 app.add_typer(data_app, name="data")
 app.add_typer(images_app, name="images")
+cache_app = typer.Typer(help="The feature cache: token grids of frozen runs, reused by every later run with the same key (docs/performance.md).",
+                        no_args_is_help=True)
+app.add_typer(cache_app, name="cache")
 
 out = Console()
 if not out.is_terminal:  # piped or captured: do not squeeze tables into 80 columns
@@ -90,6 +93,8 @@ def bench(
     overlap: Annotated[Optional[float], typer.Option(help="Slide overlap between windows, 0..<1 (default 0.2).")] = None,
     endpoint: Annotated[Optional[str], typer.Option(help="host:port of a running feature server (e.g. from compose/serve.yml); nothing is started. Frozen only.")] = None,
     rerun: Annotated[bool, typer.Option(help="Run again even if the run key already has a row (default: finished runs are skipped).")] = False,
+    feature_cache: Annotated[bool, typer.Option(help="Frozen: read token grids from the feature cache ($PFMBENCH_FEATURES, default ~/.cache/pfmbench/features) "
+                                                "when an earlier run extracted them, else extract and store them there.")] = True,
     results_dir: ResultsOpt = None,
     data_dir: DataDirOpt = None,
     progress: Annotated[bool, typer.Option(help="Show progress bars.")] = True,
@@ -118,7 +123,7 @@ def bench(
         out.print(f"[dim]{count}{cfg.model} on {cfg.dataset}: {cfg.strategy}, {cfg.epochs} epochs, preset {cfg.preset}, weights {cfg.weights}, "
                   f"inference {cfg.inference}; {why}[/dim]")
         row = run_bench(cfg, results_dir=results_dir, data_dir=data_dir, show_progress=progress, endpoint=endpoint, skip_finished=not rerun,
-                        notify=lambda msg: out.print(f"[yellow]{'note' if msg.startswith('skipped') else 'licence'}:[/yellow] {escape(msg)}"))
+                        feature_cache=feature_cache, notify=lambda msg: out.print(f"[yellow]{'note' if msg.startswith('skipped') else 'licence'}:[/yellow] {escape(msg)}"))
         _print_row(row.model_dump())
         out.print(f"row {row.row_id} in {(results_dir or constants.RESULTS_DIR) / 'rows'} (wall {row.wall_time_s:.1f} s, transfer {row.transfer}, "
                   f"trainable {row.trainable_params or 0:,} params)")
@@ -251,6 +256,35 @@ def data_prepare(
     out.print("class pixels: " + ", ".join(f"{k} {v / pixels:.1%}" for k, v in report.class_pixels.items()))
     out.print(f"wrote {report.out_dir}/index.parquet and preview.png "
               f"({report.images_per_s:.0f} samples/s, peak memory {report.peak_rss_mb:.0f} MB)")
+
+
+@cache_app.command("list")
+def cache_list() -> None:
+    """Every cached split: model, dataset, split, size, blocks, images and bytes on disk."""
+    from harness.feature_cache import FeatureCache
+
+    cache = FeatureCache()
+    t = Table(title=str(cache.root))
+    for col in ("entry", "model", "dataset", "split", "size", "blocks", "images", "environment", "MB"):
+        t.add_column(col)
+    total = 0
+    for path, meta, nbytes in cache.entries():
+        k = meta["key"]
+        total += nbytes
+        t.add_row(path.name[:12], k["model"], k["dataset"], k["split"], str(k["size"]), str(k["blocks"]), str(meta["shape"][0]),
+                  k["environment"][:40], f"{nbytes / 1e6:.1f}")
+    out.print(t)
+    out.print(f"{total / 1e9:.2f} GB in {len(t.rows)} entries")
+
+
+@cache_app.command("clear")
+def cache_clear() -> None:
+    """Delete every cached split (later frozen runs extract again)."""
+    from harness.feature_cache import FeatureCache
+
+    cache = FeatureCache()
+    count, freed = cache.clear()
+    out.print(f"removed {count} entries ({freed / 1e9:.2f} GB) from {cache.root}")
 
 
 @app.command()

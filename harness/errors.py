@@ -132,6 +132,10 @@ class ResultsError(PfmbenchError):
     """The results store cannot be read or written."""
 
 
+class CacheError(PfmbenchError):
+    """The feature cache cannot be written (a full disk, no permission)."""
+
+
 class PackageError(PfmbenchError):
     """A model's builder needs a package version that is not installed."""
 

@@ -13,7 +13,11 @@ from harness.results.store import read_rows
 
 
 def reproduce(row_id: str, results_dir: Path | None = None, data_dir: Path | None = None, write: bool = False, log=print) -> tuple[dict, ResultRow]:
-    """Returns the stored row and the new one. Docker rows run in the recorded image digest."""
+    """Returns the stored row and the new one. Docker rows run in the recorded image digest.
+
+    Features are extracted again, never read from the feature cache: a reproduction
+    recomputes everything the row's numbers came from.
+    """
     rows = [r for r in read_rows(results_dir) if r["row_id"] == row_id]
     if not rows:
         raise PfmbenchError(f"no result row '{row_id}'", "list the rows with 'pfmbench results'")
@@ -23,7 +27,7 @@ def reproduce(row_id: str, results_dir: Path | None = None, data_dir: Path | Non
     if old["runtime"] == "docker" and old["image_digest"]:
         image = _ensure_digest(old["image_digest"], old["model"], log)
     log(f"re-running {row_id}: {old['model']} on {old['dataset']}, runtime {cfg.runtime}" + (f", image {image}" if image else ""))
-    new = run_bench(cfg, results_dir=results_dir, data_dir=data_dir, write=write, image=image)
+    new = run_bench(cfg, results_dir=results_dir, data_dir=data_dir, write=write, image=image, feature_cache=False)
     return old, new
 
 

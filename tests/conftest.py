@@ -63,3 +63,9 @@ def no_leftover_servers():
             break
         time.sleep(0.2)
     assert not left, f"orphan server processes: {left}"
+
+
+@pytest.fixture(autouse=True)
+def isolated_feature_cache(tmp_path_factory, monkeypatch):
+    """Each test gets its own feature cache: a run in one test never reads features another test extracted."""
+    monkeypatch.setenv("PFMBENCH_FEATURES", str(tmp_path_factory.mktemp("features")))

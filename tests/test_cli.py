@@ -65,8 +65,8 @@ def test_bench_writes_one_row_and_is_deterministic(tmp_path, no_leftover_servers
     inprocess = [("inprocess" if a == "local" else a) for a in args]
     skipped = run(*inprocess)
     assert skipped.returncode == 0 and "skipped" in skipped.stdout and len(read_rows(tmp_path)) == 1
-    # --rerun runs it in-process: served features (shm) and in-process ones give the same row
-    second = run(*inprocess, "--rerun")
+    # --rerun runs it in-process (extracting again, not from the feature cache): served (shm) and in-process features give the same row
+    second = run(*inprocess, "--rerun", "--no-feature-cache")
     assert second.returncode == 0, second.stderr
     rows = sorted(read_rows(tmp_path), key=lambda r: r["runtime"])
     assert len(rows) == 2

@@ -7,6 +7,7 @@ with that reason, except under CI=true, where a missing daemon is a failure.
 
 from __future__ import annotations
 
+import json
 import os
 import shutil
 import signal
@@ -160,27 +161,39 @@ def test_ctrl_c_removes_the_container(client, tmp_path, no_leftover_containers):
     assert read_rows(tmp_path) == []
 
 
-def test_planted_token_appears_nowhere(client, tmp_path, no_leftover_containers):
-    """Build with a token in the environment, run, then scan layers, labels, env, history and logs."""
-    env = {**os.environ, "HF_TOKEN": FAKE_TOKEN}
+def test_planted_token_appears_nowhere(client, registry, tmp_path, no_leftover_containers):
+    """Build and push with a token in the environment, run, then scan layers, labels, env, history and logs.
+
+    The layers are read back from the registry the image was pushed to, streamed: `docker save`
+    would first write the whole multi-GB image to the daemon's disk, then to ours.
+    """
+    env = {**os.environ, "HF_TOKEN": FAKE_TOKEN, "PFMBENCH_IMAGES_LOCK": str(tmp_path / "images.lock")}
     build = subprocess.run([sys.executable, "-m", "harness.cli", "images", "build", "phikon", "--skip-base"],
                            capture_output=True, text=True, timeout=900, env=env)
     assert build.returncode == 0, build.stderr
     image = client.images.get(local_tag("phikon"))
     assert FAKE_TOKEN not in str(image.attrs["Config"].get("Env")) + str(image.labels)
     assert all(FAKE_TOKEN not in (h.get("CreatedBy") or "") for h in image.history())
-    tar = tmp_path / "image.tar"
-    with open(tar, "wb") as f:
-        for chunk in image.save(named=True):
-            f.write(chunk)
-    with tarfile.open(tar) as t:  # the saved image's own files: manifest, configs, layer tarballs
-        for member in t.getmembers():
-            if member.isfile():
-                assert FAKE_TOKEN.encode() not in t.extractfile(member).read(), member.name
-    for layer in _layer_files(tar, tmp_path / "layers"):
-        assert FAKE_TOKEN.encode() not in layer.read_bytes(), layer
-    tar.unlink()
-    shutil.rmtree(tmp_path / "layers")
+    push = subprocess.run([sys.executable, "-m", "harness.cli", "images", "push", "phikon", "--registry", registry],
+                          capture_output=True, text=True, timeout=900, env=env)
+    assert push.returncode == 0, push.stderr
+    assert FAKE_TOKEN not in push.stdout + push.stderr + build.stdout + build.stderr
+
+    manifest, config = _registry_image(registry, "pfmbench/phikon", "latest")
+    assert FAKE_TOKEN.encode() not in manifest + config
+    diff_ids = json.loads(config)["rootfs"]["diff_ids"]
+    layers = json.loads(manifest)["layers"]
+    assert len(layers) == len(diff_ids) == len(image.attrs["RootFS"]["Layers"])
+    # The scanner must see what is there: the model's Dockerfile, copied into the image, is a positive control.
+    control = b'org.pfmbench.source="hf:owkin/phikon"'
+    files, hits = 0, []
+    for layer in layers:
+        n, found = _layer_hits(registry, "pfmbench/phikon", layer["digest"], (FAKE_TOKEN.encode(), control))
+        files += n
+        hits += found
+    assert files > 1000  # the venv's files were read, not an empty stream
+    assert [needle for needle, _ in hits] == [control], hits
+
     rt = DockerRuntime(get_spec("phikon"), ResolvedWeights.random())
     os.environ["HF_TOKEN"] = FAKE_TOKEN
     try:
@@ -193,23 +206,39 @@ def test_planted_token_appears_nowhere(client, tmp_path, no_leftover_containers)
     assert FAKE_TOKEN not in str(attrs["Config"]["Env"]) + str(attrs["Args"]) + logs
 
 
-def _layer_files(image_tar: Path, dest: Path) -> list[Path]:
-    """Unpack each layer of a saved image and return every regular file in it."""
-    out = []
-    with tarfile.open(image_tar) as t:
-        layers = [m for m in t.getmembers() if m.isfile() and (m.name.endswith("layer.tar") or m.name.startswith("blobs/"))]
-        for i, m in enumerate(layers):
-            target = dest / str(i)
-            target.mkdir(parents=True)
-            try:
-                with tarfile.open(fileobj=t.extractfile(m)) as layer:
-                    for f in layer.getmembers():
-                        if f.isfile() and f.size < 50_000_000 and not f.name.endswith((".so", ".whl")) and "site-packages/torch" not in f.name and "site-packages/nvidia" not in f.name:
-                            layer.extract(f, target, set_attrs=False)
-                            out.append(target / f.name)
-            except tarfile.ReadError:
-                continue  # a config blob, not a layer
-    return out
+_MANIFEST_TYPES = ("application/vnd.docker.distribution.manifest.v2+json", "application/vnd.oci.image.manifest.v1+json")
+
+
+def _registry_get(registry: str, path: str, accept: str | None = None):
+    import urllib.request
+
+    req = urllib.request.Request(f"http://{registry}/v2/{path}", headers={"Accept": accept} if accept else {})
+    return urllib.request.urlopen(req, timeout=60)
+
+
+def _registry_image(registry: str, repo: str, tag: str) -> tuple[bytes, bytes]:
+    """The pushed manifest and image config, as the registry serves them."""
+    with _registry_get(registry, f"{repo}/manifests/{tag}", ", ".join(_MANIFEST_TYPES)) as r:
+        manifest = r.read()
+    with _registry_get(registry, f"{repo}/blobs/{json.loads(manifest)['config']['digest']}") as r:
+        return manifest, r.read()
+
+
+def _layer_hits(registry: str, repo: str, digest: str, needles: tuple[bytes, ...]) -> tuple[int, list[tuple[bytes, str]]]:
+    """Stream one layer blob (a gzipped tar); return its file count and each (needle, path) found in a path, link or file."""
+    files, hits = 0, []
+    width = max(map(len, needles))
+    with _registry_get(registry, f"{repo}/blobs/{digest}") as blob, tarfile.open(fileobj=blob, mode="r|*") as layer:
+        for member in layer:
+            hits += [(n, member.name) for n in needles if n in (member.name + member.linkname).encode()]
+            if not member.isfile():
+                continue
+            files += 1
+            f, tail = layer.extractfile(member), b""
+            while chunk := f.read(1 << 22):
+                hits += [(n, member.name) for n in needles if n in tail + chunk and (n, member.name) not in hits]
+                tail = chunk[-width:]
+    return files, hits
 
 
 def test_training_job_in_the_image_survives_kill_9_and_equals_the_local_job(client, tmp_path, no_leftover_containers):

@@ -22,7 +22,7 @@ from harness.sweep.runner import run_sweep
 from conftest import free_port, processes, server_processes
 
 TINY = {"epochs": 1, "input_size": 32}
-GRID = SweepSpec(models=["phikon", "lunit_vits8"], datasets=["nuclei-sample", "synthetic-tissue"], strategies=["frozen", "lora"],
+GRID = SweepSpec(models=["phikon", "lunit_vits8"], datasets=["nuclei-sample"], strategies=["frozen", "lora"],
                  runtime="inprocess", overrides=TINY, retries=2)
 
 
@@ -56,30 +56,29 @@ def test_local_and_ray_sweeps_agree_and_a_rerun_skips_everything(tmp_path, ray_c
     from harness.sweep.executors import RayExecutor
 
     local = run_sweep(GRID, LocalExecutor(tmp_path / "local", None, concurrency=2), tmp_path / "local")
-    assert (local.count("done"), local.count("failed")) == (8, 0), [(s.job.label, s.reason) for s in local.states]
+    assert (local.count("done"), local.count("failed")) == (4, 0), [(s.job.label, s.reason) for s in local.states]
     ray_res = run_sweep(GRID, RayExecutor(tmp_path / "ray", None, address=ray_cluster), tmp_path / "ray")
-    assert (ray_res.count("done"), ray_res.count("failed")) == (8, 0), [(s.job.label, s.reason) for s in ray_res.states]
+    assert (ray_res.count("done"), ray_res.count("failed")) == (4, 0), [(s.job.label, s.reason) for s in ray_res.states]
     a, b = _by_key(read_rows(tmp_path / "local")), _by_key(read_rows(tmp_path / "ray"))
-    assert sorted(a) == sorted(b) and len(a) == 8
+    assert sorted(a) == sorted(b) and len(a) == 4
     for key in a:
         for m in ("mIoU", "mDice", "best_val", "per_class_iou", "trainable_params"):
             assert a[key][m] == b[key][m], (a[key]["model"], a[key]["strategy"], m)
-    assert len([e for e in _events(local) if e["event"] == "started"]) == 8  # no retries were needed
+    assert len([e for e in _events(local) if e["event"] == "started"]) == 4  # no retries were needed
     assert {e["where"] for e in _events(ray_res) if e["event"] == "done"} == {os.uname().nodename}
     again = run_sweep(GRID, LocalExecutor(tmp_path / "local", None), tmp_path / "local")
-    assert again.count("skipped") == 8 and len(read_rows(tmp_path / "local")) == 8
+    assert again.count("skipped") == 4 and len(read_rows(tmp_path / "local")) == 4
 
 
-def _kill_once(match: str, tmp_path: Path, stop: threading.Event, after_s: float = 1.0, while_running: str | None = None) -> threading.Thread:
+def _kill_once(match: str, tmp_path: Path, stop: threading.Event, after_s: float = 1.0, ready=None) -> threading.Thread:
     """Background killer: SIGKILL the first process whose command line contains ``match``, ``after_s`` after it
-    appears (and, with ``while_running``, only once a process matching that runs too)."""
+    appears (and, with ``ready``, only once ``ready()`` is true)."""
     def run() -> None:
         while not stop.is_set():
-            listing = processes()
-            if while_running and not any(while_running in c for _, _, c in listing):
-                time.sleep(0.05)
+            if ready is not None and not ready():
+                time.sleep(0.02)
                 continue
-            for pid, _, cmd in listing:
+            for pid, _, cmd in processes():
                 if match in cmd and pid != os.getpid():
                     time.sleep(after_s)
                     try:
@@ -95,11 +94,17 @@ def _kill_once(match: str, tmp_path: Path, stop: threading.Event, after_s: float
     return t
 
 
+def _features_flowing() -> bool:
+    """A job is reading features from the shared server: its shared-memory region exists."""
+    return any(Path("/dev/shm").glob("pfm_*"))
+
+
 def test_a_killed_job_and_a_killed_server_are_retried_and_complete(tmp_path, no_leftover_servers):
-    spec = SweepSpec(models=["phikon"], datasets=["nuclei-sample"], strategies=["frozen"], seeds=[1, 2], runtime="local", overrides=TINY)
+    # full-size inputs: extraction lasts seconds, so the kill lands while features flow
+    spec = SweepSpec(models=["phikon"], datasets=["nuclei-sample"], strategies=["frozen"], seeds=[1, 2], runtime="local", overrides={"epochs": 1})
     stop = threading.Event()
-    # the shared server dies under a running job: that job fails, the server is restarted, the job retried
-    killer = _kill_once("harness.serve", tmp_path, stop, after_s=1.0, while_running="sweep-job")
+    # the shared server dies under a job reading features from it: that job fails, the server is restarted, the job retried
+    killer = _kill_once("harness.serve", tmp_path, stop, after_s=0.0, ready=_features_flowing)
     res = run_sweep(spec, LocalExecutor(tmp_path / "res", None), tmp_path / "res")
     stop.set()
     killer.join(5)

@@ -80,7 +80,7 @@ def epoch_record(epoch: int, losses: list[float], lr: float, val_pred: np.ndarra
 
 @dataclass
 class SplitFeatures:
-    tokens: np.ndarray  # fp16 [N, L, h, w, D]
+    tokens: np.ndarray  # fp16 [N, L, h, w, D], in memory or a read-only memory map of the feature cache
     masks: np.ndarray  # uint8 [N, S, S]
 
 
@@ -97,12 +97,17 @@ class FrozenResult:
 ProgressFn = Callable[[int, dict[str, float]], None]
 
 
+def as_tensor(a: np.ndarray) -> torch.Tensor:
+    """A tensor of ``a``; a slice of a read-only memory map (the feature cache) is copied into memory first."""
+    return torch.from_numpy(a if a.flags.writeable else np.array(a))
+
+
 def _predict(decoder: torch.nn.Module, tokens: np.ndarray, batch_size: int) -> np.ndarray:
     decoder.eval()
     out = []
     with torch.inference_mode():
         for i in range(0, len(tokens), batch_size):
-            out.append(decoder(torch.from_numpy(tokens[i:i + batch_size])).argmax(1).to(torch.uint8).numpy())
+            out.append(decoder(as_tensor(tokens[i:i + batch_size])).argmax(1).to(torch.uint8).numpy())
     return np.concatenate(out)
 
 
@@ -128,7 +133,7 @@ def train_frozen(
         decoder.train()
         losses = []
         for idx in epoch_batches(len(train.tokens), cfg.batch_size, gen):
-            logits = decoder(torch.from_numpy(train.tokens[idx]))
+            logits = decoder(as_tensor(train.tokens[idx]))
             loss = dice_loss(logits, torch.from_numpy(train.masks[idx]).long(), ignore_index)
             opt.zero_grad(set_to_none=True)
             loss.backward()

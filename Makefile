@@ -23,7 +23,7 @@ help:
 	@echo "make sweep GRID=grid.yaml [EXECUTOR=ray]  a grid of runs (docs/sweeps.md)"
 	@echo "make report                     leaderboard, figures, HTML page (report/report.html) from results/"
 	@echo "make test                       the test suite"
-	@echo "make perf                       served vs in-process extraction throughput (JSON in .perf/)"
+	@echo "make perf [GPU=1]               served (shm, gRPC, HTTP, docker) vs in-process throughput, feature-cache epoch speed-up, streaming RSS (JSON in .perf/)"
 	@echo "make perf-zoo [DEVICE=cuda BATCH=64]  forward cost of every model: params, tokens, GFLOPs, img/s, MFU"
 	@echo "make perf-train [DEVICE=cuda SIZE=512 BATCH=8]  trainable params, s/step, peak memory per strategy (phikon, uni)"
 	@echo "make images                     build pfmbench/base and every model image (docs/docker.md)"
@@ -51,7 +51,12 @@ test: setup
 	$(BIN)/python -m pytest $(PYTEST_ARGS)
 
 perf: setup
-	$(BIN)/pfmbench perf --models phikon --batches 8,32 --sizes 224 --iters 3 --out .perf/perf.json
+ifdef GPU
+	$(BIN)/pfmbench perf --gpu --out .perf/perf-gpu.json
+else
+	$(BIN)/pfmbench perf --models phikon --out .perf/perf.json
+	$(BIN)/pfmbench perf --models uni --modes inprocess,shm --iters 2 --no-cache-epoch --stream-images 0 --out .perf/perf-vitl.json
+endif
 
 perf-zoo: setup
 	$(BIN)/pfmbench zoo-perf --device $(or $(DEVICE),cpu) --batch $(or $(BATCH),1) --iters 3 --out .perf/zoo-$(or $(DEVICE),cpu).json

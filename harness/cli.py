@@ -517,29 +517,65 @@ def images_pull(models: Annotated[list[str], typer.Argument(autocompletion=_mode
         out.print(f"{m}: {images.image_identity(image)}")
 
 
-@app.command(epilog="Example: pfmbench perf --models phikon --batches 32 --sizes 224 --out .perf/cpu.json")
+@app.command(epilog="Examples:\n\n  pfmbench perf                                    (the CPU default: ViT-B, every mode, cache and streaming)\n\n"
+                    "  pfmbench perf --models uni --modes inprocess,shm --no-cache-epoch --stream-images 0\n\n"
+                    "  pfmbench perf --gpu --out .perf/gpu.json         (on a GPU machine: ViT-L/g/H at batch 32 and 64)\n\n"
+                    "  pfmbench perf --stream-images 10000 --stream-size 512 --stream-blocks 0   (harness RSS while 15 GB stream to disk)")
 def perf(
     models: Annotated[str, typer.Option(help="Comma-separated models.")] = "phikon",
-    batches: Annotated[str, typer.Option(help="Comma-separated batch sizes.")] = "8,32",
+    batches: Annotated[str, typer.Option(help="Comma-separated batch sizes.")] = "32",
     sizes: Annotated[str, typer.Option(help="Comma-separated square input sizes.")] = "224",
-    modes: Annotated[str, typer.Option(help="Comma-separated: inprocess, shm, grpc.")] = "inprocess,shm,grpc",
+    modes: Annotated[str, typer.Option(help="Comma-separated: inprocess, shm, grpc, http, docker (needs a daemon and the model's image), "
+                                       "compile (torch.compile in-process), onnx (onnxruntime in-process), onnx-shm (onnxruntime behind Triton).")]
+    = "inprocess,shm,grpc,http,docker,onnx,onnx-shm",
     iters: Annotated[int, typer.Option(help="Timed calls per cell (after one warm-up).")] = 3,
     device: Annotated[Optional[str], typer.Option(help="cpu | cuda (default: cuda if available).")] = None,
+    gpu: Annotated[bool, typer.Option("--gpu", help="The GPU grid: uni, h_optimus_0, uni2_h at batch 32,64, 224 px, in-process vs shm, on cuda.")] = False,
+    cache_epoch: Annotated[bool, typer.Option(help="Time a frozen decoder epoch from the feature cache against online extraction.")] = True,
+    cache_decoders: Annotated[str, typer.Option(help="Decoders of the cache measurement: linear (light, so extraction dominates), transunet (the reference's).")]
+    = "linear,transunet",
+    stream_images: Annotated[int, typer.Option(help="Images to stream into the cache while sampling the harness's RSS (0: skip).")] = 256,
+    stream_size: Annotated[int, typer.Option(help="Size of the streamed images (px).")] = 512,
+    stream_blocks: Annotated[str, typer.Option(help="Tapped blocks while streaming (-1: the last). Each image gives one grid per block whatever "
+                                               "its depth, so the default first block measures the same memory in a fraction of the CPU time.")] = "0",
     out_json: Annotated[Path, typer.Option("--out", help="Where to write the JSON results.")] = Path(".perf/perf.json"),
 ) -> None:
-    """Measure token-extraction throughput in-process and served through Triton (shm, gRPC), side by side."""
-    from harness.perf import run_perf, write_json
+    """Throughput of token extraction in-process, served (shm, gRPC, HTTP, docker) and through onnxruntime, side by
+    side with parity; the feature cache's decoder-epoch speed-up; the harness's memory while streaming to disk (docs/performance.md)."""
+    from harness.perf import PerfReport, cache_epoch_perf, run_perf, stream_rss_perf, write_json
+    from harness.progress import progress_bar
 
-    res = run_perf(models.split(","), [int(b) for b in batches.split(",")], [int(s) for s in sizes.split(",")],
-                   tuple(modes.split(",")), iters, device, log=_log)
-    write_json(res, out_json, device)
+    if gpu:
+        models, batches, modes, device = "uni,h_optimus_0,uni2_h", "32,64", "inprocess,shm", device or "cuda"
+    model_list = [get_spec_name(m) for m in _split(models)]
+    report = PerfReport()
+    run_perf(model_list, [int(b) for b in _split(batches)], [int(s) for s in _split(sizes)], tuple(_split(modes)), iters, device,
+             log=_log, report=report)
+    if cache_epoch:
+        report.cache = cache_epoch_perf(model_list[0], device=device, decoders=tuple(_split(cache_decoders)), log=_log)
+    if stream_images:
+        with progress_bar(True) as bar:
+            task = bar.add_task(f"stream {model_list[0]} {stream_size}px", total=stream_images, info="")
+            report.stream = stream_rss_perf(model_list[0], stream_images, stream_size, blocks=tuple(int(b) for b in _split(stream_blocks)),
+                                            device=device, log=_log, progress=lambda n: bar.advance(task, n))
+    write_json(report, out_json, device)
     t = Table(title=f"token extraction throughput ({out_json})")
-    for col in ("model", "mode", "batch", "px", "img/s", "p50 ms", "p90 ms", "out MB/s", "vs in-process"):
+    for col in ("model", "mode", "batch", "px", "img/s", "p50 ms", "p90 ms", "p99 ms", "out MB/s", "vs in-process", "max |diff|"):
         t.add_column(col, justify="right")
-    for r in res:
-        t.add_row(r.model, r.mode, str(r.batch), str(r.size), f"{r.images_per_s:.1f}", f"{r.p50_ms:.1f}", f"{r.p90_ms:.1f}",
-                  f"{r.out_mb_per_s:.1f}", "-" if r.ratio_to_inprocess is None else f"{r.ratio_to_inprocess:.3f}")
+    for r in report.transfer:
+        t.add_row(r.model, r.mode, str(r.batch), str(r.size), f"{r.images_per_s:.1f}", f"{r.p50_ms:.1f}", f"{r.p90_ms:.1f}", f"{r.p99_ms:.1f}",
+                  f"{r.out_mb_per_s:.1f}", "-" if r.ratio_to_inprocess is None else f"{r.ratio_to_inprocess:.3f}",
+                  "-" if r.max_abs_diff is None else f"{r.max_abs_diff:.2g}")
     out.print(t)
+    for c in report.cache or []:
+        out.print(f"decoder epoch ({c['model']}, {c['dataset']}, {c['images']} images at {c['size']} px, {c['decoder']} decoder): "
+                  f"online extraction {c['epoch_online_s']:.2f} s, from the cache {c['epoch_cached_s']:.2f} s: [bold]{c['speedup']:.1f}x[/bold]")
+    if report.stream:
+        st = report.stream
+        out.print(f"streaming {st['images']} images at {st['size']} px ({st['written_gb']} GB to disk): harness RSS peak [bold]{st['rss_peak_mb']:.0f} MB[/bold], "
+                  f"growth after the first tenth {st['rss_growth_after_first_tenth_mb']:.0f} MB")
+    for why in report.skipped:
+        out.print(f"[yellow]skipped[/yellow] {escape(why)}")
 
 
 @app.command("zoo-perf", epilog="Example: pfmbench zoo-perf --device cuda --batch 64 --out .perf/zoo-h100.json")

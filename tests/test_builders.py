@@ -75,3 +75,22 @@ def test_random_init_is_seeded():
 def test_rejects_sizes_that_are_not_patch_multiples(phikon):
     with pytest.raises(ValueError, match="not a multiple of the patch size 16"):
         phikon.extract(_images(1, 200, 224))
+
+
+@pytest.mark.parametrize("name", ["phikon", "hibou_b"])  # transformers ViT (.layers) and DINOv2 with registers (.encoder.layer)
+def test_a_shallow_tap_runs_only_the_blocks_it_needs_and_equals_the_full_forward(name):
+    from harness.builders import transformers_vit
+
+    spec = get_spec(name)
+    ext = build_extractor(spec, ResolvedWeights.random())
+    images = np.random.default_rng(0).integers(0, 256, (2, 112, 112, 3), dtype=np.uint8)
+    full, _ = ext.extract(images, (2, spec.depth - 1))
+    owner, attr = transformers_vit._block_list(ext.backbone)
+    ran = []
+    hooks = [blk.register_forward_hook(lambda m, i, o, k=k: ran.append(k)) for k, blk in enumerate(getattr(owner, attr))]
+    shallow, _ = ext.extract(images, (2,))
+    for h in hooks:
+        h.remove()
+    assert ran == [0, 1, 2]
+    np.testing.assert_array_equal(shallow[:, 0], full[:, 0])
+    assert len(getattr(owner, attr)) == spec.depth  # the block list is whole again

@@ -20,7 +20,7 @@ from pathlib import Path
 import pytest
 
 from harness.errors import ServerError
-from harness.images import BASE_TAG, local_tag
+from harness.images import BASE_TAG, image_identity, local_tag
 from harness.results.store import read_rows
 from harness.runtime import docker_available
 from harness.runtime.docker import DockerRuntime
@@ -262,9 +262,18 @@ def test_training_job_in_the_image_survives_kill_9_and_equals_the_local_job(clie
     with pytest.raises(Exception):
         orphan.reload()  # removed before the resumed job started
     (row,) = read_rows(tmp_path / "docker")
-    assert row["runtime"] == "docker" and row["image_digest"].startswith("sha256:") and row["run_key"] == run_dir.name
+    # the image's identity: its registry digest once pushed (an earlier test may have), else its local id
+    assert row["runtime"] == "docker" and row["image_digest"] == image_identity(client.images.get(local_tag("phikon"))) and row["run_key"] == run_dir.name
     local = bench(*common, "--runtime", "local", "--results-dir", str(tmp_path / "local"))
     assert local.returncode == 0, local.stderr
     (lrow,) = read_rows(tmp_path / "local")
     for m in METRICS + ("best_epoch", "best_val", "trainable_params"):
         assert row[m] == lrow[m], m
+
+
+def test_perf_measures_the_docker_runtime_beside_in_process(client, no_leftover_containers):
+    from harness.perf import run_perf
+
+    report = run_perf(["phikon"], [2], [64], modes=("inprocess", "docker"), iters=1, log=lambda _: None)
+    docker_row = next(r for r in report.transfer if r.mode == "docker")
+    assert report.skipped == [] and docker_row.images_per_s > 0 and docker_row.ratio_to_inprocess is not None

@@ -30,7 +30,7 @@ def phikon_reference():
         return {blocks: rt.infer(IMAGES, blocks) for blocks in [(11,), (4, 11)]}
 
 
-@pytest.mark.parametrize("transfer", ["shm", "grpc"])
+@pytest.mark.parametrize("transfer", ["shm", "grpc", "http"])
 def test_served_features_equal_inprocess(transfer, phikon_reference, no_leftover_servers):
     with LocalRuntime(get_spec("phikon"), ResolvedWeights.random(), transfer=transfer) as rt:
         for blocks, (ref_tokens, ref_cls) in phikon_reference.items():

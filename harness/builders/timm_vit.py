@@ -34,7 +34,7 @@ class TimmExtractor(TokenExtractor):
 
     def _tokens(self, x: torch.Tensor, blocks: tuple[int, ...]) -> tuple[list[torch.Tensor], list[torch.Tensor]]:
         outs = self.backbone.forward_intermediates(
-            x, indices=list(blocks), norm=True, output_fmt="NCHW",
+            x, indices=list(blocks), norm=True, output_fmt="NCHW", stop_early=True,  # no block after the deepest tapped one runs
             intermediates_only=True, return_prefix_tokens=True,
         )
         grids = [spatial.permute(0, 2, 3, 1) for spatial, _ in outs]

@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import importlib
+import threading
 
 import torch
 from torch import nn
@@ -27,11 +28,37 @@ def build(spec: ModelSpec) -> nn.Module:
     return model_cls(config, **model_kwargs)
 
 
+def _block_list(backbone: nn.Module) -> tuple[nn.Module, str] | None:
+    """Where the model keeps its blocks: ``model.layers`` (ViT in transformers 5) or ``model.encoder.layer`` (DINOv2)."""
+    if isinstance(getattr(backbone, "layers", None), nn.ModuleList):
+        return backbone, "layers"
+    encoder = getattr(backbone, "encoder", None)
+    if encoder is not None and isinstance(getattr(encoder, "layer", None), nn.ModuleList):
+        return encoder, "layer"
+    return None  # an unknown layout: run every block
+
+
 class TransformersExtractor(TokenExtractor):
-    """Reads ``hidden_states`` and applies the model's final ``layernorm`` to each tapped block."""
+    """Reads ``hidden_states`` and applies the model's final ``layernorm`` to each tapped block.
+
+    Blocks after the deepest tapped one are not run (the timm extractor gets the same from
+    ``forward_intermediates(stop_early=True)``): the block list is cut for the duration of
+    the forward, under a lock, since a server may call the extractor from more than one thread.
+    """
+
+    _lock = threading.Lock()
 
     def _tokens(self, x: torch.Tensor, blocks: tuple[int, ...]) -> tuple[list[torch.Tensor], list[torch.Tensor]]:
-        out = self.backbone(pixel_values=x, output_hidden_states=True, interpolate_pos_encoding=True)
+        with self._lock:
+            where = _block_list(self.backbone)
+            full = getattr(*where) if where else None
+            if where and full is not None:
+                setattr(*where, nn.ModuleList(list(full)[: max(blocks) + 1]))
+            try:
+                out = self.backbone(pixel_values=x, output_hidden_states=True, interpolate_pos_encoding=True)
+            finally:
+                if where:
+                    setattr(*where, full)
         h, w = self.spec.grid(*x.shape[-2:])
         norm = self.backbone.layernorm
         grids, cls = [], []

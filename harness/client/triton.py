@@ -1,5 +1,7 @@
 """Triton client for the ``features`` model: system shared memory first, gRPC bytes as fallback.
 
+(HTTP with binary tensors is there too, for ``pfmbench perf`` to put a number on it.)
+
 Token grids are large (a batch of 32 ViT-B grids at 224 px is 9.6 MB of fp16), so the
 outputs go through POSIX shared memory regions registered with the server when both
 sides share ``/dev/shm`` (local runtime, or a container with ``--ipc=host``). If the
@@ -25,7 +27,7 @@ from harness.spec import ModelSpec
 
 log = logging.getLogger("pfmbench.client")
 
-Transfer = Literal["auto", "shm", "grpc"]
+Transfer = Literal["auto", "shm", "grpc", "http"]
 _GRPC_TOKEN_HEADER = "triton-grpc-protocol-triton-access-token"
 
 
@@ -41,7 +43,8 @@ class FeatureClient:
     """Calls the ``features`` model of one server.
 
     ``transfer="auto"`` tries shared memory and falls back to gRPC; ``"shm"`` fails
-    instead of falling back; ``"grpc"`` never uses shared memory.
+    instead of falling back; ``"grpc"`` never uses shared memory; ``"http"`` sends
+    binary tensors over Triton's HTTP endpoint at ``http_url`` (slowest; measured, not used by runs).
     """
 
     url: str
@@ -52,6 +55,7 @@ class FeatureClient:
     #: Polled while a request is in flight; returning False abandons the request
     #: (a server process that died mid-request would otherwise leave it hanging).
     alive: Callable[[], bool] | None = None
+    http_url: str | None = None
     _regions: dict[str, _Region] = field(default_factory=dict, init=False)
     _active: Literal["shm", "grpc"] | None = field(default=None, init=False)
 
@@ -62,11 +66,18 @@ class FeatureClient:
         self._grpc = grpcclient.InferenceServerClient(self.url, channel_args=opts)
         self._headers = {_GRPC_TOKEN_HEADER: self.token} if self.token else None
         self._prefix = f"pfm_{os.getpid()}_{uuid.uuid4().hex[:8]}"
+        self._http = None
+        if self.transfer == "http":
+            if not self.http_url:
+                raise ValueError("transfer 'http' needs the server's HTTP address (http_url)")
+            import tritonclient.http as httpclient
+
+            self._http = httpclient.InferenceServerClient(self.http_url, network_timeout=self.timeout_s, connection_timeout=self.timeout_s)
 
     @property
     def active_transfer(self) -> str:
         """The path in use: ``shm`` or ``grpc`` (before the first call, the one that will be tried first)."""
-        return self._active or ("grpc" if self.transfer == "grpc" else "shm")
+        return self._active or (self.transfer if self.transfer in ("grpc", "http") else "shm")
 
     def ready(self) -> bool:
         try:
@@ -147,6 +158,18 @@ class FeatureClient:
         res = self._call([inp_images, inp_blocks], outputs)
         return res.as_numpy(protocol.TOKENS), res.as_numpy(protocol.CLS)
 
+    def _infer_http(self, images: np.ndarray, blocks: np.ndarray) -> tuple[np.ndarray, np.ndarray]:
+        import tritonclient.http as httpclient
+
+        inp_images = httpclient.InferInput(protocol.IMAGES, list(images.shape), "UINT8")
+        inp_images.set_data_from_numpy(images, binary_data=True)
+        inp_blocks = httpclient.InferInput(protocol.BLOCKS, list(blocks.shape), "INT32")
+        inp_blocks.set_data_from_numpy(blocks, binary_data=True)
+        outputs = [httpclient.InferRequestedOutput(n, binary_data=True) for n in (protocol.TOKENS, protocol.CLS)]
+        assert self._http is not None
+        res = self._http.infer(constants.TRITON_MODEL, [inp_images, inp_blocks], outputs=outputs)
+        return res.as_numpy(protocol.TOKENS), res.as_numpy(protocol.CLS)
+
     def _call(self, inputs: list, outputs: list):
         """One request, waited for in slices so a dead server is noticed at once."""
         done = threading.Event()
@@ -171,6 +194,8 @@ class FeatureClient:
         b, height, width, _ = images.shape
         block_arr = np.tile(np.asarray(blocks, np.int32), (b, 1))
         shapes = protocol.output_shapes(self.spec, b, height, width, len(blocks))
+        if self.transfer == "http":
+            return self._infer_http(images, block_arr)
         if self.transfer != "grpc" and self._active != "grpc":
             try:
                 result = self._infer_shm(images, block_arr, shapes)
@@ -187,3 +212,5 @@ class FeatureClient:
         for role in list(self._regions):
             self._drop(role)
         self._grpc.close()
+        if self._http is not None:
+            self._http.close()

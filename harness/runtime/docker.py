@@ -26,6 +26,7 @@ from harness.weights import ResolvedWeights
 log = logging.getLogger("pfmbench.runtime")
 
 GRPC_PORT = 8001
+HTTP_PORT = 8000
 WEIGHTS_MOUNT = "/weights"
 
 
@@ -63,20 +64,20 @@ class DockerRuntime(ServedRuntime):
         self.container = client.containers.run(
             image.id,
             command=["python", "-m", "harness.serve", "--model", self.spec.name, "--weights", weights_arg,
-                     "--init-seed", str(self.weights.init_seed), "--host", "0.0.0.0", "--grpc-port", str(GRPC_PORT)],
-            name=name, detach=True, environment={constants.TOKEN_ENV: token}, ports={f"{GRPC_PORT}/tcp": ("127.0.0.1", None)},
+                     "--init-seed", str(self.weights.init_seed), "--host", "0.0.0.0", "--grpc-port", str(GRPC_PORT), "--http-port", str(HTTP_PORT)],
+            name=name, detach=True, environment={constants.TOKEN_ENV: token},
+            ports={f"{GRPC_PORT}/tcp": ("127.0.0.1", None), f"{HTTP_PORT}/tcp": ("127.0.0.1", None)},
             ipc_mode="host", volumes=volumes, labels={"org.pfmbench.run": name, "org.pfmbench.model": self.spec.name},
         )
         log.info("container %s from %s", name, self._digest)
-        port = self._published_port()
-        self._connect(f"127.0.0.1:{port}", token)
+        self._connect(f"127.0.0.1:{self._published_port(GRPC_PORT)}", token, http_url=f"127.0.0.1:{self._published_port(HTTP_PORT)}")
         self._wait_ready()
 
-    def _published_port(self) -> int:
+    def _published_port(self, port: int) -> int:
         deadline = time.monotonic() + 30
         while time.monotonic() < deadline:
             self.container.reload()
-            bindings = (self.container.attrs["NetworkSettings"]["Ports"] or {}).get(f"{GRPC_PORT}/tcp")
+            bindings = (self.container.attrs["NetworkSettings"]["Ports"] or {}).get(f"{port}/tcp")
             if bindings:
                 return int(bindings[0]["HostPort"])
             if self.container.status == "exited":

@@ -5,7 +5,7 @@ from __future__ import annotations
 import numpy as np
 import torch
 
-from harness.builders import TokenExtractor, build_extractor
+from harness.engines import Extracts, build_engine
 from harness.runtime.base import Runtime
 from harness.spec import ModelSpec
 from harness.weights import ResolvedWeights
@@ -14,14 +14,15 @@ from harness.weights import ResolvedWeights
 class InProcessRuntime(Runtime):
     name = "inprocess"
 
-    _extractor: TokenExtractor | None = None
+    _extractor: Extracts | None = None
 
-    def __init__(self, spec: ModelSpec, weights: ResolvedWeights, device: str | None = None) -> None:
+    def __init__(self, spec: ModelSpec, weights: ResolvedWeights, device: str | None = None, engine: str = "torch") -> None:
         super().__init__(spec, weights)
         self.device = device or ("cuda" if torch.cuda.is_available() else "cpu")
+        self.engine = engine
 
     def start(self) -> None:
-        self._extractor = build_extractor(self.spec, self.weights).to(self.device)
+        self._extractor = build_engine(self.spec, self.weights, self.device, self.engine)
 
     def health(self) -> bool:
         return self._extractor is not None

@@ -85,9 +85,11 @@ class LocalRuntime(ServedRuntime):
         startup_timeout_s: float = 180.0,
         transfer: Transfer = "auto",
         device: str | None = None,
+        engine: str = "torch",
     ) -> None:
         super().__init__(spec, weights, startup_timeout_s, transfer)
         self.device = device
+        self.engine = engine
         self.proc: subprocess.Popen[bytes] | None = None
         self.log_path: Path | None = None
 
@@ -100,6 +102,8 @@ class LocalRuntime(ServedRuntime):
         ]
         if self.device:
             cmd += ["--device", self.device]
+        if self.engine != "torch":
+            cmd += ["--engine", self.engine]
         return cmd
 
     def start(self) -> None:
@@ -112,7 +116,7 @@ class LocalRuntime(ServedRuntime):
                 self._command(ports), stdout=logf, stderr=subprocess.STDOUT, stdin=subprocess.DEVNULL,
                 env=server_env(token), start_new_session=True, preexec_fn=die_with_parent,
             )
-        self._connect(f"127.0.0.1:{ports[1]}", token)
+        self._connect(f"127.0.0.1:{ports[1]}", token, http_url=f"127.0.0.1:{ports[0]}")
         log.info("local server for %s: pid %d, grpc 127.0.0.1:%d", self.spec.name, self.proc.pid, ports[1])
         self._wait_ready()
 

@@ -48,9 +48,9 @@ class ServedRuntime(Runtime):
     def where_logs(self) -> str:
         return "the server log"
 
-    def _connect(self, url: str, token: str | None) -> None:
+    def _connect(self, url: str, token: str | None, http_url: str | None = None) -> None:
         self.url, self.token = url, token  # other processes may share this server (pfmbench sweep)
-        self.client = FeatureClient(url, self.spec, token=token, transfer=self._transfer, alive=self.alive)
+        self.client = FeatureClient(url, self.spec, token=token, transfer=self._transfer, alive=self.alive, http_url=http_url)
 
     def _wait_ready(self) -> None:
         assert self.client

@@ -20,9 +20,11 @@ def main(argv: list[str] | None = None) -> None:
     p.add_argument("--grpc-port", type=int, default=8001)
     p.add_argument("--metrics-port", type=int, default=8002)
     p.add_argument("--device", default=None)
+    p.add_argument("--engine", default="torch", choices=["torch", "compile", "onnx"],
+                   help="eager PyTorch, torch.compile, or onnxruntime on the model's ONNX export")
     args = p.parse_args(argv)
     logging.basicConfig(level=logging.INFO, format="%(asctime)s %(name)s %(message)s")
-    serve(get_spec(args.model), args.weights, args.init_seed, args.host, args.http_port, args.grpc_port, args.metrics_port, args.device)
+    serve(get_spec(args.model), args.weights, args.init_seed, args.host, args.http_port, args.grpc_port, args.metrics_port, args.device, engine=args.engine)
 
 
 if __name__ == "__main__":

@@ -15,7 +15,7 @@ import numpy as np
 import torch
 
 from harness import constants
-from harness.builders import build_extractor
+from harness.engines import build_engine
 from harness.serve import protocol
 from harness.spec import ModelSpec
 from harness.weights import ResolvedWeights, resolve_weights
@@ -23,11 +23,11 @@ from harness.weights import ResolvedWeights, resolve_weights
 log = logging.getLogger("pfmbench.serve")
 
 
-def make_infer_fn(spec: ModelSpec, weights: ResolvedWeights, device: str):
+def make_infer_fn(spec: ModelSpec, weights: ResolvedWeights, device: str, engine: str = "torch"):
     """The batched numpy -> numpy function Triton calls (model built once, here)."""
     from pytriton.decorators import batch, group_by_values
 
-    extractor = build_extractor(spec, weights).to(device)
+    extractor = build_engine(spec, weights, device, engine)
 
     @batch
     @group_by_values(protocol.BLOCKS)
@@ -48,6 +48,7 @@ def serve(
     metrics_port: int = 8002,
     device: str | None = None,
     max_batch: int = protocol.MAX_BATCH,
+    engine: str = "torch",
 ) -> None:
     """Serve ``spec``'s token features until interrupted."""
     from pytriton.model_config import DynamicBatcher, ModelConfig, Tensor
@@ -56,7 +57,7 @@ def serve(
     signal.signal(signal.SIGTERM, signal.default_int_handler)
     device = device or ("cuda" if torch.cuda.is_available() else "cpu")
     resolved = resolve_weights(spec, weights, init_seed=init_seed)
-    infer = make_infer_fn(spec, resolved, device)
+    infer = make_infer_fn(spec, resolved, device, engine)
     token = os.environ.get(constants.TOKEN_ENV)
     security = TritonSecurityConfig(access_token=token) if token else TritonSecurityConfig(restricted_endpoints=[])
     config = TritonConfig(
@@ -79,7 +80,7 @@ def serve(
             config=ModelConfig(max_batch_size=max_batch, batcher=DynamicBatcher(max_queue_delay_microseconds=2000)),
             strict=True,
         )
-        log.info("serving %s (%s weights) on %s grpc=%d http=%d device=%s", spec.name, resolved.label, host, grpc_port, http_port, device)
+        log.info("serving %s (%s weights) on %s grpc=%d http=%d device=%s engine=%s", spec.name, resolved.label, host, grpc_port, http_port, device, engine)
         print(f"pfmbench: serving {spec.name} on {host}:{grpc_port} (grpc)", flush=True)
         try:
             triton.serve()

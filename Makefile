@@ -54,8 +54,8 @@ perf: setup
 ifdef GPU
 	$(BIN)/pfmbench perf --gpu --out .perf/perf-gpu.json
 else
-	$(BIN)/pfmbench perf --models phikon --out .perf/perf.json
-	$(BIN)/pfmbench perf --models uni --modes inprocess,shm --iters 2 --no-cache-epoch --stream-images 0 --out .perf/perf-vitl.json
+	$(BIN)/pfmbench perf --models phikon --modes inprocess,shm,grpc,http,docker,onnx --iters 2 --stream-images 128 --out .perf/perf.json
+	$(BIN)/pfmbench perf --models uni --modes inprocess,shm --iters 1 --no-cache-epoch --stream-images 0 --out .perf/perf-vitl.json
 endif
 
 perf-zoo: setup

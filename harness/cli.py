@@ -549,15 +549,15 @@ def perf(
         models, batches, modes, device = "uni,h_optimus_0,uni2_h", "32,64", "inprocess,shm", device or "cuda"
     model_list = [get_spec_name(m) for m in _split(models)]
     report = PerfReport()
-    run_perf(model_list, [int(b) for b in _split(batches)], [int(s) for s in _split(sizes)], tuple(_split(modes)), iters, device,
-             log=_log, report=report)
-    if cache_epoch:
-        report.cache = cache_epoch_perf(model_list[0], device=device, decoders=tuple(_split(cache_decoders)), log=_log)
-    if stream_images:
+    if stream_images:  # first, while no model has been loaded into this process: its RSS is the harness's own
         with progress_bar(True) as bar:
             task = bar.add_task(f"stream {model_list[0]} {stream_size}px", total=stream_images, info="")
             report.stream = stream_rss_perf(model_list[0], stream_images, stream_size, blocks=tuple(int(b) for b in _split(stream_blocks)),
                                             device=device, log=_log, progress=lambda n: bar.advance(task, n))
+    run_perf(model_list, [int(b) for b in _split(batches)], [int(s) for s in _split(sizes)], tuple(_split(modes)), iters, device,
+             log=_log, report=report)
+    if cache_epoch:
+        report.cache = cache_epoch_perf(model_list[0], device=device, decoders=tuple(_split(cache_decoders)), log=_log)
     write_json(report, out_json, device)
     t = Table(title=f"token extraction throughput ({out_json})")
     for col in ("model", "mode", "batch", "px", "img/s", "p50 ms", "p90 ms", "p99 ms", "out MB/s", "vs in-process", "max |diff|"):

@@ -150,7 +150,7 @@ def run_perf(models: list[str], batches: list[int], sizes: list[int], modes: tup
 
 
 def cache_epoch_perf(model: str = "phikon", dataset: str = "nuclei-sample", size: int | None = None, device: str | None = None,
-                     repeats: int = 2, decoders: tuple[str, ...] = ("linear", "transunet"), log: Log = print) -> list[dict]:
+                     repeats: int = 1, decoders: tuple[str, ...] = ("linear", "transunet"), log: Log = print) -> list[dict]:
     """One frozen decoder epoch from the feature cache vs. the same epoch extracting its features online, per decoder.
 
     Online = the train split's token grids through the (in-process, i.e. fastest) runtime

@@ -542,11 +542,12 @@ def perf(
 ) -> None:
     """Throughput of token extraction in-process, served (shm, gRPC, HTTP, docker) and through onnxruntime, side by
     side with parity; the feature cache's decoder-epoch speed-up; the harness's memory while streaming to disk (docs/performance.md)."""
-    from harness.perf import PerfReport, cache_epoch_perf, run_perf, stream_rss_perf, write_json
+    from harness.perf import PerfReport, cache_epoch_perf, check_modes, run_perf, stream_rss_perf, write_json
     from harness.progress import progress_bar
 
     if gpu:
         models, batches, modes, device = "uni,h_optimus_0,uni2_h", "32,64", "inprocess,shm", device or "cuda"
+    check_modes(tuple(_split(modes)))  # every argument is checked before the first (slow) measurement starts
     model_list = [get_spec_name(m) for m in _split(models)]
     report = PerfReport()
     if stream_images:  # first, while no model has been loaded into this process: its RSS is the harness's own

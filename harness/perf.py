@@ -112,14 +112,19 @@ def _mode_unavailable(mode: str, model: str, device: str | None) -> str | None:
     return None
 
 
+def check_modes(modes: tuple[str, ...]) -> None:
+    """A one-line error for an unknown mode, before anything is started."""
+    for mode in modes:
+        if mode not in MODES:
+            raise ConfigError(f"unknown perf mode '{mode}'", f"use one or more of {', '.join(MODES)}")
+
+
 def run_perf(models: list[str], batches: list[int], sizes: list[int], modes: tuple[str, ...] = MODES, iters: int = 3,
              device: str | None = None, log: Log = print, report: PerfReport | None = None) -> PerfReport:
     """Throughput of every mode on the same inputs; a mode that cannot run here is listed in ``skipped``."""
     report = report or PerfReport()
     reference: dict[tuple[str, int, int], np.ndarray] = {}  # in-process tokens per cell, for parity
-    for mode in modes:
-        if mode not in MODES:
-            raise ConfigError(f"unknown perf mode '{mode}'", f"use one or more of {', '.join(MODES)}")
+    check_modes(modes)
     for model in models:
         spec = get_spec(model)
         for mode in modes:

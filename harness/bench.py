@@ -62,11 +62,6 @@ def iter_features(runtime: Runtime, images: Iterable[np.ndarray] | np.ndarray, b
         yield tokens
 
 
-def extract_features(runtime: Runtime, images: np.ndarray, blocks: tuple[int, ...], batch: int = EXTRACT_BATCH, on_batch=None) -> np.ndarray:
-    """Token grids of every image through ``runtime``, in memory (fp16 ``[N, L, h, w, D]``)."""
-    return np.concatenate(list(iter_features(runtime, images, blocks, batch, on_batch)))
-
-
 def load_splits(card: DatasetCard, size: int, data_dir: Path | None) -> tuple[dict[str, SplitArrays], dict[str, list[Sample]]]:
     """The three splits resized to ``size`` (arrays), and the samples behind them."""
     root = dataset_root(card, data_dir)

@@ -232,6 +232,7 @@ def stream_rss_perf(model: str = "phikon", images: int = 200, size: int = 512, b
     is one grid per block whatever the depth, so a shallow block keeps a large run short
     on a CPU. The cache entry is deleted afterwards.
     """
+    from harness.bench import iter_features
     from harness.feature_cache import FeatureCache, FeatureKey
     from harness.spec import resolve_blocks
 
@@ -251,18 +252,15 @@ def stream_rss_perf(model: str = "phikon", images: int = 200, size: int = 512, b
         with LocalRuntime(spec, ResolvedWeights.random(), transfer="shm", device=device) as rt:
             done = 0
 
-            def batches() -> Iterator[np.ndarray]:
+            def sample(n: int) -> None:  # after each batch: images so far and the harness's RSS
                 nonlocal done
-                for chunk in source():
-                    tokens, _ = rt.infer(chunk, idx)
-                    yield tokens
-                    done += len(chunk)
-                    samples.append((done, rss_mb()))
-                    if progress:
-                        progress(len(chunk))
+                done += n
+                samples.append((done, rss_mb()))
+                if progress:
+                    progress(n)
 
             t = time.perf_counter()
-            stored = cache.put(key, batches())
+            stored = cache.put(key, iter_features(rt, source(), idx, on_batch=sample))
             wall = time.perf_counter() - t
             written = stored.nbytes
             del stored

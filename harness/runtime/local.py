@@ -18,6 +18,7 @@ import subprocess
 import sys
 import sysconfig
 import tempfile
+import time
 from pathlib import Path
 
 from harness import constants
@@ -159,3 +160,30 @@ def stop_group(proc: subprocess.Popen[bytes], grace_s: float = 15.0) -> None:
     except (ProcessLookupError, PermissionError):
         pass
     proc.wait()
+    _wait_until_group_is_gone(pgid)
+
+
+def _wait_until_group_is_gone(pgid: int, timeout_s: float = 10.0) -> None:
+    """Return once no live process is left in ``pgid``.
+
+    SIGKILL is delivered at once but a process that maps gigabytes (a Triton backend stub
+    with its shared-memory pools) takes a moment to be torn down, and it was reparented
+    when Triton died, so ``proc.wait()`` does not cover it. Waiting here means "stopped"
+    really means gone. Zombies count as gone: their reaping is up to whoever adopted them.
+    """
+    deadline = time.monotonic() + timeout_s
+    while _live_members(pgid) and time.monotonic() < deadline:
+        time.sleep(0.05)
+
+
+def _live_members(pgid: int) -> list[int]:
+    """Pids of non-zombie processes in group ``pgid`` (Linux ``/proc``; empty elsewhere)."""
+    members = []
+    for stat in Path("/proc").glob("[0-9]*/stat"):
+        try:
+            fields = stat.read_text().rsplit(")", 1)[1].split()
+        except (OSError, IndexError):
+            continue
+        if fields[0] not in ("Z", "X") and int(fields[2]) == pgid:
+            members.append(int(stat.parent.name))
+    return members

@@ -12,14 +12,19 @@ WEIGHTS  ?= random
 RUNTIME  ?= auto
 EPOCHS   ?=
 SEED     ?= 42
-PRESET   ?= densebench
+PRESET   ?=
+TASK     ?= segmentation
+OUT      ?= runs/distill
+DISTILL_ARGS ?=
 PYTEST_ARGS ?=
 
-.PHONY: setup bench sweep report test perf perf-zoo perf-train images base-offline lock clean help
+.PHONY: setup bench distill sweep report test perf perf-zoo perf-train images base-offline lock clean help
 
 help:
 	@echo "make setup                      create $(VENV) from requirements.lock"
 	@echo "make bench MODEL=.. DATASET=..  leaderboard rows [STRATEGY=frozen,lora,... WEIGHTS=random|hub|<dir> RUNTIME=auto|docker|local|inprocess EPOCHS SEED PRESET]; lists are comma-separated"
+	@echo "make bench ... TASK=roi-linear|roi-knn  GPFM's ROI tasks on an ROI card (DATASET=roi-sample; docs/gpfm.md)"
+	@echo "make distill [OUT=runs/distill DISTILL_ARGS=..]  distil served phikon + uni into a tiny student (resumable; docs/gpfm.md)"
 	@echo "make sweep GRID=grid.yaml [EXECUTOR=ray]  a grid of runs (docs/sweeps.md)"
 	@echo "make report                     leaderboard, figures, HTML page (report/report.html) from results/"
 	@echo "make test                       the test suite"
@@ -38,8 +43,11 @@ $(BIN)/.installed: requirements.lock pyproject.toml
 setup: $(BIN)/.installed
 
 bench: setup
-	$(BIN)/pfmbench bench --model $(MODEL) --dataset $(DATASET) --strategy $(STRATEGY) \
-	  --weights $(WEIGHTS) --runtime $(RUNTIME) --seed $(SEED) --preset $(PRESET) $(if $(EPOCHS),--epochs $(EPOCHS))
+	$(BIN)/pfmbench bench --model $(MODEL) --dataset $(DATASET) --task $(TASK) --strategy $(STRATEGY) \
+	  --weights $(WEIGHTS) --runtime $(RUNTIME) --seed $(SEED) $(if $(PRESET),--preset $(PRESET)) $(if $(EPOCHS),--epochs $(EPOCHS))
+
+distill: setup
+	$(BIN)/pfmbench distill run --out $(OUT) --weights $(WEIGHTS) --runtime $(RUNTIME) $(DISTILL_ARGS)
 
 sweep: setup
 	$(BIN)/pfmbench sweep $(GRID) --executor $(or $(EXECUTOR),local)

@@ -10,25 +10,22 @@ A row is written only after everything succeeded.
 from __future__ import annotations
 
 import contextlib
-import json
 import logging
 import time
-import uuid
 from collections.abc import Callable, Iterable, Iterator
 from dataclasses import dataclass
-from datetime import datetime, timezone
 from pathlib import Path
 
 import numpy as np
 import torch
 
-from harness import __version__
 from pydantic import ValidationError
 
 from harness.config import PRESETS, RunConfig, run_key
 from harness.data.cards import DatasetCard, get_card
 from harness.data.loader import SPLITS, Sample, SplitArrays, dataset_root, discover, load_originals, load_split_arrays, split
 from harness.infer.sliding import sliding_window
+from harness.metrics import finite_or_none
 from harness.metrics.instances import score_instances
 from harness.metrics.segmentation import SegmentationReport, evaluate, per_image_confusion
 from harness.errors import ConfigError
@@ -67,10 +64,6 @@ def load_splits(card: DatasetCard, size: int, data_dir: Path | None) -> tuple[di
     root = dataset_root(card, data_dir)
     parts = split(card, discover(card, root))
     return {name: load_split_arrays(card, parts[name], size) for name in SPLITS}, parts
-
-
-def _finite(value: float) -> float | None:
-    return None if value != value else float(value)  # NaN (nothing to score) is stored as null
 
 
 def score_test(cfg: RunConfig, card: DatasetCard, data: dict[str, SplitArrays], parts: dict[str, list[Sample]], size: int,
@@ -278,47 +271,26 @@ def make_row(cfg: RunConfig, spec: ModelSpec, card: DatasetCard, weights_label: 
         low, high = rep.ci.get(m, (float("nan"), float("nan")))
         metric_cols[f"{m}_ci_low"], metric_cols[f"{m}_ci_high"] = low, high
     return ResultRow(
-        row_id=uuid.uuid4().hex[:12],
-        run_key=key or run_key(cfg, spec.spec_hash(), card.card_hash(), weights_label, digest),
-        created_at=datetime.now(timezone.utc).replace(tzinfo=None),  # naive UTC: DuckDB reads it without pytz
-        model=spec.name,
-        model_spec_hash=spec.spec_hash(),
-        weights=weights_label,
-        weights_init_seed=cfg.init_seed if weights_label == "random" else None,
-        dataset=card.name,
-        card_hash=card.card_hash(),
+        **provenance.row_identity(cfg, spec, card, weights_label, key, digest),
         split_sizes=[len(data[s].images) for s in SPLITS],
         strategy=cfg.strategy,
         decoder=cfg.decoder,
-        preset=cfg.preset,
-        seed=cfg.seed,
         epochs=cfg.epochs,
         input_size=size,
         blocks=list(blocks),
         inference=cfg.inference,
         window=(cfg.window or size) if cfg.inference == "slide" else None,
         overlap=cfg.overlap if cfg.inference == "slide" else None,
-        **{k: _finite(v) for k, v in (instance_scores or {}).items()},
-        runtime=cfg.runtime,
+        **{k: finite_or_none(v) for k, v in (instance_scores or {}).items()},
         transfer=transfer,
-        image_digest=digest,
-        config_hash=cfg.config_hash(),
-        config_json=json.dumps(cfg.model_dump(mode="json"), sort_keys=True),
         **metric_cols,
-        class_names=card.class_names,
         per_class_iou=rep.per_class_iou,
         per_class_dice=rep.per_class_dice,
-        n_bootstrap=cfg.n_bootstrap,
         best_epoch=best_epoch,
         best_val=best_val,
         trainable_params=trainable,
         step_time_s=None if step_s is None or step_s != step_s else round(step_s, 6),
-        harness_version=__version__,
-        git_commit=provenance.git_commit(),
-        package_versions=provenance.package_versions(),
-        hardware=provenance.hardware(),
-        wall_time_s=round(wall, 3),
-        peak_rss_mb=round(provenance.peak_rss_mb(), 1),
+        **provenance.row_provenance(wall),
     )
 
 
@@ -329,6 +301,7 @@ def resolve_config(model: str, dataset: str, runtime: str = "auto", preset: str 
     """
     get_spec(model)  # fail fast with the list of models
     card = get_card(dataset)
+    card.check_task("segmentation")
     if overrides.get("epochs") is None and card.default_epochs:
         overrides["epochs"] = card.default_epochs
     if preset not in PRESETS:

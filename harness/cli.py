@@ -15,12 +15,13 @@ from pathlib import Path
 from typing import Annotated, Optional
 
 import typer
+from pydantic import ValidationError
 from rich.console import Console
 from rich.markup import escape
 from rich.table import Table
 
 from harness import constants
-from harness.errors import PfmbenchError
+from harness.errors import ConfigError, PfmbenchError, first_problem
 
 app = typer.Typer(
     name="pfmbench",
@@ -38,6 +39,9 @@ app.add_typer(images_app, name="images")
 cache_app = typer.Typer(help="The feature cache: token grids of frozen runs, reused by every later run with the same key (docs/performance.md).",
                         no_args_is_help=True)
 app.add_typer(cache_app, name="cache")
+distill_app = typer.Typer(help="GPFM's expert + self distillation from served teachers, and export of the student into the zoo (docs/gpfm.md).",
+                          no_args_is_help=True)
+app.add_typer(distill_app, name="distill")
 
 out = Console()
 if not out.is_terminal:  # piped or captured: do not squeeze tables into 80 columns
@@ -72,17 +76,21 @@ DataDirOpt = Annotated[Optional[Path], typer.Option("--data-dir", help="Where da
 
 
 @app.command(epilog="Examples:\n\n  pfmbench bench -m phikon -d nuclei-sample --weights random --epochs 2\n\n"
-                    "  pfmbench bench -m phikon,uni -d nuclei-sample -s frozen,lora,cnn_adapter --epochs 2   (finished runs are skipped)")
+                    "  pfmbench bench -m phikon,uni -d nuclei-sample -s frozen,lora,cnn_adapter --epochs 2   (finished runs are skipped)\n\n"
+                    "  pfmbench bench -m phikon -d roi-sample --task roi-linear   (GPFM's linear probe on the CLS embedding; docs/gpfm.md)")
 def bench(
     model: Annotated[str, typer.Option("--model", "-m", help="Model name(s), comma-separated (see 'pfmbench models').", autocompletion=_model_names)],
     dataset: Annotated[str, typer.Option("--dataset", "-d", help="Dataset card(s), comma-separated (see 'pfmbench data list').", autocompletion=_card_names)],
+    task: Annotated[str, typer.Option(help="segmentation (dense masks) | roi-linear (GPFM's linear probe on the frozen CLS) | roi-knn (kNN retrieval, top-1/3/5). "
+                                      "ROI tasks need an ROI card and use the gpfm recipe; --epochs caps the probe's epochs.")] = "segmentation",
     strategy: Annotated[str, typer.Option("--strategy", "-s", help="Adaptation strategy(ies), comma-separated: frozen | lora | dora | cnn_adapter | transformer_adapter | full. "
                                           "All but frozen train through the backbone in a training job (docs/strategies.md).")] = "frozen",
     weights: WeightsOpt = "random",
     runtime: RuntimeOpt = "auto",
     epochs: Annotated[Optional[int], typer.Option(help="Training epochs (default: the preset's 150, or the card's demo default).")] = None,
     seed: SeedOpt = 42,
-    preset: Annotated[str, typer.Option(help="densebench (the reference code, quirks included) | corrected (schedule fixed, select on mDice, peft LoRA/DoRA, slide inference).")] = "densebench",
+    preset: Annotated[Optional[str], typer.Option(help="densebench (the default: the reference code, quirks included) | corrected (schedule fixed, select on mDice, "
+                                                  "peft LoRA/DoRA, slide inference); ROI tasks: gpfm.")] = None,
     decoder: Annotated[str, typer.Option(help="transunet (reference) | linear.")] = "transunet",
     blocks: Annotated[Optional[str], typer.Option(help="Comma-separated block indices, -1 = last after the final norm (default: the model's).")] = None,
     batch_size: Annotated[Optional[int], typer.Option(help="Training batch size (default 8).")] = None,
@@ -105,6 +113,13 @@ def bench(
     digest). A run that already has a row is skipped; an interrupted training job resumes
     from its last checkpoint when the same command runs again.
     """
+    if task != "segmentation":
+        if strategy != "frozen" or decoder != "transunet" or blocks or inference:
+            raise ConfigError(f"--task {task} trains a head on the frozen CLS embedding", "drop --strategy, --decoder, --blocks and --inference")
+        _bench_roi(task, model, dataset, weights, runtime, preset or "gpfm", epochs, seed, batch_size, lr, input_size, endpoint, rerun,
+                   results_dir, data_dir, progress)
+        return
+    preset = preset or "densebench"
     from harness.bench import resolve_config, run_bench
 
     block_list = tuple(int(b) for b in blocks.split(",")) if blocks else None
@@ -127,6 +142,26 @@ def bench(
         _print_row(row.model_dump())
         out.print(f"row {row.row_id} in {(results_dir or constants.RESULTS_DIR) / 'rows'} (wall {row.wall_time_s:.1f} s, transfer {row.transfer}, "
                   f"trainable {row.trainable_params or 0:,} params)")
+
+
+def _bench_roi(task: str, model: str, dataset: str, weights: str, runtime: str, preset: str, epochs: int | None, seed: int, batch_size: int | None,
+               lr: float | None, input_size: int | None, endpoint: str | None, rerun: bool, results_dir: Path | None, data_dir: Path | None,
+               progress: bool) -> None:
+    from harness.roi.run import resolve_roi_config, run_roi
+
+    if task not in ("roi-linear", "roi-knn"):
+        raise ConfigError(f"unknown task '{task}'", "use segmentation, roi-linear or roi-knn")
+    configs = [resolve_roi_config(task, m, d, runtime="endpoint" if endpoint else runtime, preset=preset, weights=weights, epochs=epochs, seed=seed,
+                                  batch_size=batch_size, lr=lr, input_size=input_size)
+               for m in _split(model) for d in _split(dataset)]
+    for i, (cfg, why) in enumerate(configs, 1):
+        count = f"[{i}/{len(configs)}] " if len(configs) > 1 else ""
+        out.print(f"[dim]{count}{cfg.model} on {cfg.dataset}: {cfg.task}, preset {cfg.preset}, weights {cfg.weights}; "
+                  f"{f'the server at {endpoint}' if endpoint else why}[/dim]")
+        row = run_roi(cfg, results_dir=results_dir, data_dir=data_dir, show_progress=progress, endpoint=endpoint, skip_finished=not rerun,
+                      notify=lambda msg: out.print(f"[yellow]{'note' if msg.startswith('skipped') else 'licence'}:[/yellow] {escape(msg)}"))
+        _print_row(row.model_dump())
+        out.print(f"row {row.row_id} in {(results_dir or constants.RESULTS_DIR) / 'rows'} (wall {row.wall_time_s:.1f} s, transfer {row.transfer})")
 
 
 def _split(value: str) -> list[str]:
@@ -152,16 +187,29 @@ def train(
 
 
 def _print_row(row: dict) -> None:
-    from harness.results.schema import METRICS
+    from harness.results.schema import METRICS, ROI_METRICS, TOPK_METRICS
 
+    roi = row.get("task", "segmentation") != "segmentation"
     weights = row["weights"] + ("  [yellow](untrained: not comparable to published numbers)[/yellow]" if row["weights"] == "random" else "")
     t = Table(title=f"{row['model']} on {row['dataset']} (test split, {row['split_sizes'][2]} images)  weights: {weights}")
     t.add_column("metric")
     t.add_column("value", justify="right")
     t.add_column("95% CI", justify="right")
-    for m in METRICS:
-        t.add_row(m, f"{row[m]:.4f}", f"{row[m + '_ci_low']:.4f} - {row[m + '_ci_high']:.4f}")
+    for m in ROI_METRICS if roi else METRICS:
+        value = "-" if row[m] is None else f"{row[m]:.4f}"
+        ci = "-" if row[m + "_ci_low"] is None else f"{row[m + '_ci_low']:.4f} - {row[m + '_ci_high']:.4f}"
+        t.add_row(m, value, ci)
+    for m in TOPK_METRICS if roi and row.get("top1_acc") is not None else ():
+        t.add_row(m, f"{row[m]:.4f}", "")
     out.print(t)
+    if roi:
+        c = Table(title="per class")
+        c.add_column("class")
+        c.add_column("F1", justify="right")
+        for name, f1 in zip(row["class_names"], row["per_class_f1"]):
+            c.add_row(name, "absent" if f1 is None else f"{f1:.4f}")
+        out.print(c)
+        return
     c = Table(title="per class")
     for col in ("class", "IoU", "Dice"):
         c.add_column(col, justify="right" if col != "class" else "left")
@@ -209,15 +257,15 @@ def models_show(name: Annotated[str, typer.Argument(autocompletion=_model_names)
 
 @data_app.command("list")
 def data_list() -> None:
-    """List the dataset cards: the 18 reference datasets and the built-in samples."""
+    """List the dataset cards: the 18 segmentation datasets, GPFM's 14 ROI tasks and the built-in samples."""
     from harness.data.cards import get_card, list_cards
 
     t = Table(title="dataset cards (files '?': no source states the count)")
-    for col in ("name", "title", "format", "classes", "files", "split", "size (p14/p16)", "licence"):
+    for col in ("name", "task", "title", "format", "classes", "files", "split", "size (p14/p16)", "licence"):
         t.add_column(col, justify="right" if col in ("classes", "files") else "left")
     for name in list_cards():
         c = get_card(name)
-        t.add_row(c.name, c.title, c.format, str(c.num_classes), "?" if c.expected.files is None else str(c.expected.files),
+        t.add_row(c.name, c.task, c.title, c.format, str(c.num_classes), "?" if c.expected.files is None else str(c.expected.files),
                   c.split.rule, f"{c.input_size.patch14}/{c.input_size.patch16}", c.source.license.split(" (")[0])
     out.print(t)
 
@@ -252,8 +300,11 @@ def data_prepare(
         report = prepare(c, source, data_dir, on_sample=lambda n, total: bar.update(task, completed=n, total=total))
     parts = ", ".join(f"{k} {v}" for k, v in report.split_sizes.items())
     out.print(f"{c.name}: {report.samples} samples at {report.root} ({c.split.rule} split: {parts})")
-    pixels = sum(report.class_pixels.values()) or 1
-    out.print("class pixels: " + ", ".join(f"{k} {v / pixels:.1%}" for k, v in report.class_pixels.items()))
+    if c.task == "segmentation":
+        pixels = sum(report.class_pixels.values()) or 1
+        out.print("class pixels: " + ", ".join(f"{k} {v / pixels:.1%}" for k, v in report.class_pixels.items()))
+    else:
+        out.print("images per class: " + ", ".join(f"{k} {v}" for k, v in report.class_images.items()))
     out.print(f"wrote {report.out_dir}/index.parquet and preview.png "
               f"({report.images_per_s:.0f} samples/s, peak memory {report.peak_rss_mb:.0f} MB)")
 
@@ -287,6 +338,79 @@ def cache_clear() -> None:
     out.print(f"removed {count} entries ({freed / 1e9:.2f} GB) from {cache.root}")
 
 
+@distill_app.command("run", epilog="Examples:\n\n  pfmbench distill run --out runs/tiny   (tiny student, phikon + uni served, 300 steps)\n\n"
+                                    "  pfmbench distill run --out runs/tiny --teacher-cache   (fixed global views: teacher features computed once)\n\n"
+                                    "  pfmbench distill run --preset gpfm --weights hub --dataset <card> --out runs/gpfm   (the GPFM recipe; a GPU job)")
+def distill_run(
+    out_dir: Annotated[Path, typer.Option("--out", help="Run directory: distill.json, checkpoint.pt, losses.jsonl, student.pt. Run the same command again to resume.")],
+    preset: Annotated[str, typer.Option(help="tiny (CPU demo: ViT 192d x 4, 1024 prototypes) | gpfm (GPFM's recipe: ViT-L/14, UNI + Phikon + CONCH).")] = "tiny",
+    teachers: Annotated[Optional[str], typer.Option(help="Comma-separated zoo models to distil from (default: the preset's). Each is served in its own runtime.")] = None,
+    weights: Annotated[str, typer.Option("--weights", help="Teacher weights: random | hub | <dir>.")] = "random",
+    dataset: Annotated[str, typer.Option(help="Card whose training split supplies the images (any task).", autocompletion=_card_names)] = "nuclei-sample",
+    steps: Annotated[Optional[int], typer.Option(help="Optimiser steps (default: the preset's).")] = None,
+    batch_size: Annotated[Optional[int], typer.Option(help="Images per step (each gives 2 global and N local crops).")] = None,
+    max_images: Annotated[Optional[int], typer.Option(help="Use only the first N training images.")] = None,
+    seed: SeedOpt = 0,
+    checkpoint_every: Annotated[int, typer.Option(help="Steps between checkpoints.")] = 50,
+    teacher_cache: Annotated[bool, typer.Option(help="Fix the global views (resize + mirror) and compute each image's teacher features once.")] = False,
+    runtime: RuntimeOpt = "auto",
+    data_dir: DataDirOpt = None,
+    progress: Annotated[bool, typer.Option(help="Show progress bars (each loss term on the bar).")] = True,
+) -> None:
+    """Distil served teachers into a student ViT: expert distillation (one head per teacher, CLS cosine and
+    patch cosine + SmoothL1) plus DINO, iBOT and KoLeo self-distillation with an EMA teacher and multi-crop.
+
+    Teacher requests for the next step run while the student trains on this one. Killed? Run the same command again.
+    """
+    from harness.distill.config import PRESETS, DistillConfig
+    from harness.distill.trainer import distill
+    from harness.runtime import choose_runtime
+
+    if preset not in PRESETS:
+        raise ConfigError(f"unknown distillation preset '{preset}'", f"use one of {', '.join(PRESETS)}")
+    chosen, why = choose_runtime(runtime)  # type: ignore[arg-type]
+    from harness.spec import get_spec
+
+    names = tuple(_split(teachers)) if teachers else None
+    for name in names or ():
+        get_spec(name)
+    try:
+        cfg = DistillConfig.from_preset(preset, teachers=names, teacher_weights=weights, dataset=dataset, steps=steps,  # type: ignore[arg-type]
+                                        batch_size=batch_size, max_images=max_images, seed=seed, checkpoint_every=checkpoint_every,
+                                        teacher_cache=teacher_cache, runtime=chosen)
+    except ValidationError as exc:
+        raise ConfigError(f"distillation config: {first_problem(exc)}", "see 'pfmbench distill run --help'") from exc
+    out.print(f"[dim]distil {', '.join(cfg.teachers)} into a {cfg.embed_dim}d x {cfg.depth} student on {cfg.dataset}, {cfg.steps} steps "
+              f"of {cfg.batch_size} images; teachers {chosen} ({why})[/dim]")
+    result = distill(cfg, out_dir, data_dir=data_dir, show_progress=progress)
+    if result.resumed_from:
+        out.print(f"resumed from the checkpoint at step {result.resumed_from}")
+    t = Table(title=f"loss terms: mean of the first and last tenth of the steps after the teacher-temperature warm-up ({cfg.teacher_temp_warmup_steps} steps)")
+    for col in ("term", "first", "last"):
+        t.add_column(col, justify="left" if col == "term" else "right")
+    for k in result.first:
+        t.add_row(k, f"{result.first[k]:.4f}", f"{result.last[k]:.4f}")
+    out.print(t)
+    times = result.times
+    out.print(f"median step {times['step_s']:.3f} s: student {times['student_s']:.3f} s, waiting for crops and teachers {times['teacher_wait_s']:.3f} s "
+              f"(one batch through all teachers {times['teacher_request_s']:.3f} s, asked a step ahead; {result.transfer}); "
+              f"student weights in {out_dir / 'student.pt'}")
+
+
+@distill_app.command("export", epilog="Example: pfmbench distill export runs/tiny --name gpfm_tiny && make bench MODEL=gpfm_tiny DATASET=nuclei-sample WEIGHTS=hub")
+def distill_export(
+    run_dir: Annotated[Path, typer.Argument(help="A finished 'pfmbench distill run' directory.")],
+    name: Annotated[str, typer.Option(help="Model name in the zoo (lower-case, digits, underscores).")],
+    overwrite: Annotated[bool, typer.Option(help="Replace an existing model of that name.")] = False,
+) -> None:
+    """Make the distilled student a model of the zoo: weights to $PFMBENCH_WEIGHTS/<name>/, and models/<name>/Dockerfile."""
+    from harness.distill.export import export_student
+
+    done = export_student(run_dir, name, overwrite=overwrite)
+    out.print(f"wrote {done.dockerfile} and {done.weights} (sha256 {done.sha256[:12]}...); "
+              f"benchmark it with: pfmbench bench -m {name} -d nuclei-sample --weights hub")
+
+
 @app.command()
 def results(
     results_dir: ResultsOpt = None,
@@ -295,7 +419,7 @@ def results(
     """Print the result rows as a table."""
     from harness.results.store import query
 
-    rel = query(sql or "SELECT row_id, created_at, model, weights, dataset, strategy, decoder, preset, epochs, seed, runtime, transfer, mIoU, mDice, pixel_accuracy, wall_time_s FROM rows ORDER BY created_at", results_dir)
+    rel = query(sql or "SELECT row_id, created_at, task, model, weights, dataset, strategy, decoder, preset, epochs, seed, runtime, transfer, mIoU, mDice, macro_auroc, macro_f1, wall_time_s FROM rows ORDER BY created_at", results_dir)
     if rel is None:
         out.print(f"no result rows in {(results_dir or constants.RESULTS_DIR) / 'rows'} yet; run 'pfmbench bench' first")
         return

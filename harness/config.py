@@ -36,19 +36,31 @@ PRESETS: dict[str, dict[str, object]] = {
 }
 
 
-class RunConfig(BaseModel):
-    """Everything that determines a run's numbers (and a few things that do not, marked)."""
+class _RunBase(BaseModel):
+    """What every task's configuration has: the model, the data, the weights, the seeds, and its hash."""
 
     model_config = ConfigDict(frozen=True, extra="forbid")
 
     model: str
     dataset: str
-    strategy: Strategy = "frozen"
-    decoder: DecoderName = "transunet"
-    preset: Preset = "densebench"
     weights: str = "random"
     init_seed: int = 0
     seed: int = 42
+    n_bootstrap: int = Field(default=1000, ge=0)
+    #: Not part of the run key: where the model runs does not change the numbers.
+    runtime: str = "local"
+
+    def config_hash(self) -> str:
+        data = self.model_dump(mode="json", exclude={"runtime"})
+        return hashlib.sha256(json.dumps(data, sort_keys=True).encode()).hexdigest()[:16]
+
+
+class RunConfig(_RunBase):
+    """Everything that determines a segmentation run's numbers."""
+
+    strategy: Strategy = "frozen"
+    decoder: DecoderName = "transunet"
+    preset: Preset = "densebench"
     epochs: int = Field(gt=0)
     batch_size: int = Field(gt=0)
     lr: float = Field(gt=0)
@@ -67,7 +79,6 @@ class RunConfig(BaseModel):
     window: int | None = Field(default=None, gt=0, description="slide window in px (default: the input size)")
     overlap: float = Field(default=0.2, ge=0, lt=1)
     blend: Literal["gaussian", "linear", "uniform"] = "gaussian"
-    n_bootstrap: int = Field(default=1000, ge=0)
     #: LoRA / DoRA: ``densebench`` = the reference's modules (scale = alpha, scalar DoRA magnitude),
     #: ``peft`` = standard peft (scale = alpha / rank, per-column magnitude).
     adapter_impl: Literal["densebench", "peft"] = "densebench"
@@ -77,8 +88,6 @@ class RunConfig(BaseModel):
     cnn_unused_stage: bool = True
     #: Mixed precision (fp16 autocast + GradScaler) for the training job; only on a GPU.
     amp: bool = True
-    #: Not part of the run key: where the model runs does not change the numbers.
-    runtime: str = "local"
 
     @classmethod
     def from_preset(cls, preset: Preset = "densebench", **overrides: object) -> "RunConfig":
@@ -86,12 +95,39 @@ class RunConfig(BaseModel):
         values.update({k: v for k, v in overrides.items() if v is not None})
         return cls(preset=preset, **values)  # type: ignore[arg-type]
 
-    def config_hash(self) -> str:
-        data = self.model_dump(mode="json", exclude={"runtime"})
-        return hashlib.sha256(json.dumps(data, sort_keys=True).encode()).hexdigest()[:16]
+
+RoiTask = Literal["roi-linear", "roi-knn"]
+
+#: GPFM's ROI protocol (``ROI_tasks/linear.py``, ``scripts/linear.sh``).
+ROI_PRESETS: dict[str, dict[str, object]] = {
+    "gpfm": {"epochs": 3000, "patience": 100, "lr": 5e-4, "min_lr": 1e-5, "weight_decay": 1e-5, "batch_size": 256},
+}
 
 
-def run_key(config: RunConfig, spec_hash: str, card_hash: str, weights_label: str, image_digest: str | None = None) -> str:
+class RoiConfig(_RunBase):
+    """An ROI task run (GPFM's linear probe or kNN retrieval on the frozen CLS embedding).
+
+    The probe fields are ignored by ``roi-knn``, which has nothing to train.
+    """
+
+    task: RoiTask
+    preset: Literal["gpfm"] = "gpfm"
+    epochs: int = Field(gt=0)
+    patience: int = Field(gt=0)
+    lr: float = Field(gt=0)
+    min_lr: float = Field(ge=0)
+    weight_decay: float = Field(ge=0)
+    batch_size: int = Field(gt=0)
+    input_size: int | None = None
+
+    @classmethod
+    def from_preset(cls, preset: Literal["gpfm"] = "gpfm", **overrides: object) -> "RoiConfig":
+        values = dict(ROI_PRESETS[preset])
+        values.update({k: v for k, v in overrides.items() if v is not None})
+        return cls(preset=preset, **values)  # type: ignore[arg-type]
+
+
+def run_key(config: RunConfig | RoiConfig, spec_hash: str, card_hash: str, weights_label: str, image_digest: str | None = None) -> str:
     """Identity of a run: same key, same numbers (given the same code)."""
     parts = [config.config_hash(), spec_hash, card_hash, weights_label, image_digest or ""]
     return hashlib.sha256("|".join(parts).encode()).hexdigest()[:20]

@@ -174,3 +174,32 @@ def get_spec(name: str, models_dir: Path | None = None) -> ModelSpec:
         raise UnknownModelError(name, sorted(files))
     path = files[name]
     return _cached_spec(path, path.stat().st_mtime)
+
+
+def render_dockerfile(spec: ModelSpec, header: str = "") -> str:
+    """The ``models/<name>/Dockerfile`` of ``spec``: the inverse of :func:`parse_dockerfile`.
+
+    Written for generated models (a distilled student); hand-written Dockerfiles carry
+    comments that say why each value is what it is.
+    """
+    data = spec.model_dump(mode="json", exclude_defaults=False)
+    lines = []
+    for field, value in data.items():
+        if value is None or (field in ("packages", "key_map") and not value):
+            continue
+        key = constants.LABEL_PREFIX + field.replace("_", "-")
+        if field in _JSON_FIELDS:
+            text = json.dumps(value)
+            if "'" in text:
+                raise ValueError(f"label {key} holds a single quote, which the Dockerfile cannot carry")
+            lines.append(f"{key}='{text}'")
+        else:
+            text = str(value).lower() if isinstance(value, bool) else str(value)
+            lines.append(f'{key}="{text.replace(chr(92), chr(92) * 2).replace(chr(34), chr(92) + chr(34))}"')
+    comments = "".join(f"# {line}\n" if line else "#\n" for line in header.splitlines())
+    return (
+        f"{comments}ARG BASE_IMAGE=pfmbench/base:latest\nFROM ${{BASE_IMAGE}}\n"
+        + "LABEL " + " \\\n      ".join(lines) + "\n"
+        + "# The spec travels with the image: the server reads the same labels from this file.\n"
+        + f"COPY Dockerfile /app/models/{spec.name}/Dockerfile\nENV PFMBENCH_MODEL={spec.name}\n"
+    )

@@ -82,7 +82,10 @@ def _verify(path: Path, spec: ModelSpec) -> str:
 def _from_hub(spec: ModelSpec) -> Path:
     repo = spec.hub_repo
     if repo is None:
-        raise WeightsError(f"'{spec.name}' has no hub source ({spec.source})", "use WEIGHTS=<dir> or WEIGHTS=random")
+        local = constants.WEIGHTS_DIR / spec.name
+        if spec.source.startswith("local:") and local.is_dir():  # a model made here (pfmbench distill export)
+            return _pick_file(local, spec)
+        raise WeightsError(f"'{spec.name}' has no hub source ({spec.source})", f"put its weights in {local}/, or use WEIGHTS=<dir> or WEIGHTS=random")
     token = constants.hub_token()
     from huggingface_hub import hf_hub_download
     from huggingface_hub.errors import GatedRepoError, HfHubHTTPError, LocalEntryNotFoundError, RepositoryNotFoundError

@@ -26,7 +26,8 @@ def test_every_built_in_dataset_loads(name):
     assert len(samples) == card.expected.files
     parts = split(card, samples)
     n = len(samples)
-    assert [len(parts[s]) for s in ("train", "val", "test")] == [round(n * 0.7), round(n * 0.2), n - round(n * 0.7) - round(n * 0.2)]
+    r_train, r_val, _ = card.split.ratios
+    assert [len(parts[s]) for s in ("train", "val", "test")] == [round(n * r_train), round(n * r_val), n - round(n * r_train) - round(n * r_val)]
     ids = [s.ident for p in parts.values() for s in p]
     assert sorted(ids) == sorted(s.ident for s in samples)  # disjoint and complete
     arrays = load_split_arrays(card, parts["test"], card.input_size.patch16)

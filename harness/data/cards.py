@@ -19,7 +19,7 @@ import yaml
 from pydantic import BaseModel, ConfigDict, Field, ValidationError, field_validator, model_validator
 
 from harness import constants
-from harness.errors import CardError, UnknownDatasetError, first_problem
+from harness.errors import CardError, ConfigError, UnknownDatasetError, first_problem
 
 
 class _Strict(BaseModel):
@@ -39,7 +39,10 @@ class ClassInfo(_Strict):
 
 
 #: On-disk formats with a loader in :mod:`harness.data.formats`.
-Format = Literal["image-mask", "mat", "npy", "xml-polygons", "geojson-polygons"]
+Format = Literal["image-mask", "mat", "npy", "xml-polygons", "geojson-polygons", "image-folder"]
+#: What a dataset is for: dense masks, or one label per image (ROI classification; the
+#: retrieval card is an ROI set scored by nearest neighbours only).
+CardTask = Literal["segmentation", "roi-classification", "roi-retrieval"]
 #: How a raw annotation becomes class indices (see :class:`MaskRule`).
 Encoding = Literal["index", "binary", "from-group", "channels", "instance-class", "polygons"]
 
@@ -54,12 +57,14 @@ class Layout(_Strict):
     """
 
     images: str
-    masks: str
+    masks: str | None = Field(default=None, description="mask pattern; none for image-folder (the {group} folder is the label)")
     exclude: str | None = Field(default=None, description="regex of paths that match `images` but are not images (masks beside them)")
 
     @field_validator("images", "masks")
     @classmethod
-    def _placeholders(cls, v: str) -> str:
+    def _placeholders(cls, v: str | None) -> str | None:
+        if v is None:
+            return v
         for name in re.findall(r"{([^}]*)}", v):
             if not re.fullmatch(r"[a-z_]+", name):
                 raise ValueError(f"placeholder {{{name}}} must be lower-case letters")
@@ -68,7 +73,7 @@ class Layout(_Strict):
         return v
 
     def fields(self, which: Literal["images", "masks"]) -> list[str]:
-        return re.findall(r"{([a-z_]+)}", getattr(self, which))
+        return re.findall(r"{([a-z_]+)}", getattr(self, which) or "")
 
 
 class MaskRule(_Strict):
@@ -137,6 +142,7 @@ class InputSize(_Strict):
 
 class DatasetCard(_Strict):
     name: str = Field(pattern=r"^[A-Za-z0-9][A-Za-z0-9_.-]*$")
+    task: CardTask = "segmentation"
     title: str
     description: str
     source: Source
@@ -170,6 +176,14 @@ class DatasetCard(_Strict):
         if bad:
             raise ValueError(f"mask rule maps to {bad}, outside the classes 0..{k - 1} and ignore {self.ignore_index}")
         fields = set(self.layout.fields("images"))
+        if (self.task == "segmentation") == (self.format == "image-folder"):
+            raise ValueError(f"task {self.task} cannot use format {self.format}: ROI cards (one label per image) use image-folder, "
+                             "segmentation cards a mask format")
+        if self.format == "image-folder":
+            if self.mask.encoding != "from-group" or "group" not in fields or self.layout.masks is not None:
+                raise ValueError("image-folder cards name the label by a {group} folder: mask encoding from-group, no layout.masks")
+        elif self.layout.masks is None:
+            raise ValueError(f"format {self.format} needs layout.masks")
         if self.format == "npy":
             if "id" in fields:
                 raise ValueError("npy layouts have no {id}: each row of an array file is a sample")
@@ -190,6 +204,17 @@ class DatasetCard(_Strict):
     @property
     def class_names(self) -> list[str]:
         return [c.name for c in self.classes]
+
+    def check_task(self, task: str) -> None:
+        """A run's task must match what the card labels: masks for segmentation, one label per image for ROI tasks."""
+        if task == "segmentation" and self.task != "segmentation":
+            raise ConfigError(f"'{self.name}' is an ROI card (one label per image); it has no masks to segment",
+                              "use --task roi-linear or --task roi-knn")
+        if task.startswith("roi-") and self.task == "segmentation":
+            raise ConfigError(f"--task {task} needs an ROI card; '{self.name}' is a segmentation card",
+                              "pick an ROI card ('pfmbench data list' shows each card's task)")
+        if task == "roi-linear" and self.task == "roi-retrieval":
+            raise ConfigError(f"'{self.name}' is a retrieval card, scored by nearest neighbours only", "use --task roi-knn")
 
     def card_hash(self) -> str:
         text = json.dumps(self.model_dump(mode="json"), sort_keys=True, separators=(",", ":"))

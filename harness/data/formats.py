@@ -31,7 +31,10 @@ IMAGE_SUFFIXES = (".png", ".tif", ".tiff", ".bmp", ".jpg", ".jpeg")
 
 @dataclass(frozen=True)
 class Sample:
-    """One image/annotation pair of a download; ``row`` indexes array files (npy)."""
+    """One image/annotation pair of a download; ``row`` indexes array files (npy).
+
+    For image-folder (ROI) cards ``mask`` is the image itself: the label is its ``{group}`` folder.
+    """
 
     ident: str
     image: Path
@@ -141,7 +144,9 @@ def read_sample(card: DatasetCard, sample: Sample) -> tuple[np.ndarray, np.ndarr
         image, raw = _npy_row(card, sample)
     else:
         image = read_image(card, sample.image)
-        if fmt == "image-mask":
+        if fmt == "image-folder":  # one label per image: a constant mask, so masks and ROIs share one reader
+            raw = np.ones(image.shape[:2], np.uint8)
+        elif fmt == "image-mask":
             raw = _read_mask_image(card, sample.mask)
         elif fmt == "mat":
             mat = _read_mat(card, sample.mask)

@@ -10,6 +10,7 @@ from __future__ import annotations
 
 import json
 import re
+from glob import escape as glob_escape
 from dataclasses import dataclass
 from pathlib import Path
 
@@ -64,7 +65,8 @@ def _pattern(pattern: str) -> tuple[re.Pattern[str], str]:
         else:
             regex += f"(?P<{name}>[^/]+?)"
         seen.add(name)
-    return re.compile(regex), re.sub(r"{[a-z_]+}", "*", pattern)
+    glob_parts = ("*" if part.startswith("{") else glob_escape(part) for part in re.split(r"({[a-z_]+})", pattern))
+    return re.compile(regex), "".join(glob_parts)
 
 
 def _expected_example(card: DatasetCard) -> str:
@@ -91,12 +93,12 @@ def discover(card: DatasetCard, root: Path, check_count: bool = True) -> list[Sa
     seen: dict[str, Path] = {}
     for path, m in matches:
         fields = {k: v for k, v in m.groupdict().items()}
-        mask = root / card.layout.masks.format(**fields)
+        mask = root / card.layout.masks.format(**fields) if card.layout.masks else path
         if not mask.is_file():
             raise DataError(f"{card.name}: {path}: no mask at {mask}", "restore the missing annotation, or remove the image")
         all_fields = {k: v for k, v in fields.items() if k != "ext"}
         # A sample is named by what names its annotation: two images for one mask are duplicates.
-        key_fields = {k: v for k, v in all_fields.items() if k in card.layout.fields("masks") or k == "split"}
+        key_fields = {k: v for k, v in all_fields.items() if k in card.layout.fields("masks") or k == "split" or not card.layout.masks}
         if card.format == "npy":
             prefix = "-".join(key_fields.values())
             samples += [Sample(f"{prefix}-{i:05d}" if prefix else f"{i:05d}", path, mask, all_fields, i) for i in range(npy_rows(card, path))]

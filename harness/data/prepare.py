@@ -40,6 +40,7 @@ class PrepareReport:
     samples: int
     split_sizes: dict[str, int]
     class_pixels: dict[str, int]
+    class_images: dict[str, int]  # images holding each class (ROI cards: images per class)
     seconds: float
     images_per_s: float
     peak_rss_mb: float
@@ -101,6 +102,7 @@ def prepare(card: DatasetCard, source: Path | None = None, data_dir: Path | None
     split_of = {s.ident: name for name, part in parts.items() for s in part}
     cols: dict[str, list] = {k: [] for k in ("id", "split", "image", "mask", "row", "height", "width", "pixels", "ignore_pixels")}
     totals = np.zeros(card.num_classes, np.int64)
+    holding = np.zeros(card.num_classes, np.int64)
     tiles: list[Image.Image] = []
     preview_ids = {part[i].ident for part in parts.values() for i in range(min(4, len(part)))}
     for n, s in enumerate(samples, 1):
@@ -108,6 +110,7 @@ def prepare(card: DatasetCard, source: Path | None = None, data_dir: Path | None
         counts = np.bincount(mask.ravel(), minlength=256)
         per_class = counts[: card.num_classes]
         totals += per_class
+        holding += per_class > 0
         cols["id"].append(s.ident)
         cols["split"].append(split_of[s.ident])
         cols["image"].append(s.image.relative_to(root).as_posix())
@@ -133,6 +136,6 @@ def prepare(card: DatasetCard, source: Path | None = None, data_dir: Path | None
     seconds = time.perf_counter() - started
     return PrepareReport(
         card.name, root, out_dir, len(samples), {k: len(parts[k]) for k in SPLITS},
-        dict(zip(card.class_names, totals.tolist())), seconds, len(samples) / seconds,
+        dict(zip(card.class_names, totals.tolist())), dict(zip(card.class_names, holding.tolist())), seconds, len(samples) / seconds,
         resource.getrusage(resource.RUSAGE_SELF).ru_maxrss / 1024,
     )

@@ -43,6 +43,8 @@ def _histolytics_file(relpath: str) -> Path:
 
 
 def _write_pair(root: Path, ident: str, image: np.ndarray, mask: np.ndarray) -> None:
+    (root / "images").mkdir(exist_ok=True)
+    (root / "masks").mkdir(exist_ok=True)
     Image.fromarray(image).save(root / "images" / f"{ident}.png", optimize=False)
     Image.fromarray(mask.astype(np.uint8), mode="L").save(root / "masks" / f"{ident}.png", optimize=False)
 
@@ -62,6 +64,35 @@ def hgsc_nest_tiles(root: Path, card: DatasetCard) -> None:
         for c in range(n):
             sl = np.s_[r * TILE:(r + 1) * TILE, c * TILE:(c + 1) * TILE]
             _write_pair(root, f"hgsc_r{r}c{c}", image[sl], types[sl])
+
+
+ROI_TILE = 100
+#: A tile is labelled only when nuclei cover this share of it ...
+ROI_MIN_NUCLEI = 0.03
+#: ... and one nucleus type holds this share of the nucleus pixels.
+ROI_MIN_DOMINANCE = 0.6
+
+
+def hgsc_nest_roi(root: Path, card: DatasetCard) -> None:
+    """ROI classification tiles: 100 px tiles of the HGSC nest labelled by their dominant nucleus type.
+
+    Same image and type raster as :func:`hgsc_nest_tiles`, cut on a 15x15 grid. A tile
+    whose nuclei cover under 3% of it, or where no type holds 60% of the nucleus pixels,
+    is left out. Written as ``<class name>/<tile>.png`` (the image-folder layout).
+    """
+    image = np.asarray(Image.open(_histolytics_file("histolytics/data/hgsc_nest.jpg")).convert("RGB"))
+    types = np.load(_histolytics_file("histolytics/data/hgsc_nest_type_mask.npz"))["nuc_raster"]
+    names = {index: name for name, index in card.mask.groups.items()}
+    n = image.shape[0] // ROI_TILE
+    for r in range(n):
+        for c in range(n):
+            sl = np.s_[r * ROI_TILE:(r + 1) * ROI_TILE, c * ROI_TILE:(c + 1) * ROI_TILE]
+            counts = np.bincount(types[sl].ravel(), minlength=4)[1:4]
+            if counts.sum() < ROI_MIN_NUCLEI * ROI_TILE ** 2 or counts.max() < ROI_MIN_DOMINANCE * counts.sum():
+                continue
+            folder = root / names[int(counts.argmax())]
+            folder.mkdir(exist_ok=True)
+            Image.fromarray(image[sl]).save(folder / f"hgsc_r{r:02d}c{c:02d}.png", optimize=False)
 
 
 # --- synthetic tissue -------------------------------------------------------------------
@@ -106,6 +137,7 @@ def synthetic_tissue(root: Path, card: DatasetCard) -> None:
 
 GENERATORS: dict[str, Callable[[Path, DatasetCard], None]] = {
     "histolytics-hgsc-nest": hgsc_nest_tiles,
+    "histolytics-hgsc-roi": hgsc_nest_roi,
     "synthetic-tissue": synthetic_tissue,
 }
 
@@ -119,8 +151,6 @@ def materialise(card: DatasetCard, root: Path) -> Path:
     root.parent.mkdir(parents=True, exist_ok=True)
     tmp = Path(tempfile.mkdtemp(prefix=f".{card.name}-", dir=root.parent))
     try:
-        (tmp / "images").mkdir()
-        (tmp / "masks").mkdir()
         GENERATORS[card.generator](tmp, card)
         (tmp / ".complete").write_text(card.card_hash())
         if root.exists():

@@ -101,6 +101,7 @@ def build_leaderboard(rows: list[dict], metric: str = "mDice", keys: dict[str, d
     ``keys`` maps our model and dataset names to the reference's (``{"models": {...}, "datasets": {...}}``);
     by default they are read from the model specs and dataset cards.
     """
+    rows = [r for r in rows if r.get("task", "segmentation") == "segmentation"]  # ROI rows have their own metrics (docs/gpfm.md)
     keys = keys or _reference_keys(rows)
     newest: dict[tuple, dict] = {}
     for r in sorted(rows, key=lambda r: r["created_at"]):

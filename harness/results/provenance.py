@@ -7,7 +7,10 @@ import os
 import platform
 import resource
 import subprocess
+import uuid
+from datetime import datetime, timezone
 from importlib.metadata import PackageNotFoundError, version
+from typing import Any
 
 from harness import constants
 
@@ -57,3 +60,42 @@ def hardware() -> str:
 def peak_rss_mb() -> float:
     """Peak resident memory of this process (the harness; the model server is separate)."""
     return resource.getrusage(resource.RUSAGE_SELF).ru_maxrss / 1024.0
+
+
+def row_provenance(wall_s: float) -> dict[str, object]:
+    """The provenance columns every result row carries, whatever its task."""
+    from harness import __version__
+
+    return {
+        "harness_version": __version__,
+        "git_commit": git_commit(),
+        "package_versions": package_versions(),
+        "hardware": hardware(),
+        "wall_time_s": round(wall_s, 3),
+        "peak_rss_mb": round(peak_rss_mb(), 1),
+    }
+
+
+def row_identity(cfg: Any, spec: Any, card: Any, weights_label: str, key: str | None, digest: str | None) -> dict[str, object]:
+    """The columns that say what ran, shared by every task: ids, model, weights, dataset, configuration."""
+    from harness.config import run_key
+
+    return {
+        "row_id": uuid.uuid4().hex[:12],
+        "run_key": key or run_key(cfg, spec.spec_hash(), card.card_hash(), weights_label, digest),
+        "created_at": datetime.now(timezone.utc).replace(tzinfo=None),  # naive UTC: DuckDB reads it without pytz
+        "model": spec.name,
+        "model_spec_hash": spec.spec_hash(),
+        "weights": weights_label,
+        "weights_init_seed": cfg.init_seed if weights_label == "random" else None,
+        "dataset": card.name,
+        "card_hash": card.card_hash(),
+        "class_names": card.class_names,
+        "preset": cfg.preset,
+        "seed": cfg.seed,
+        "runtime": cfg.runtime,
+        "image_digest": digest,
+        "config_hash": cfg.config_hash(),
+        "config_json": json.dumps(cfg.model_dump(mode="json"), sort_keys=True),
+        "n_bootstrap": cfg.n_bootstrap,
+    }

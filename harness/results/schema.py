@@ -12,10 +12,16 @@ from datetime import datetime
 
 from pydantic import BaseModel, ConfigDict
 
-SCHEMA_VERSION = 3
+SCHEMA_VERSION = 4
 
-#: Scalar metrics every row carries, each with ``<name>_ci_low`` / ``<name>_ci_high``.
+#: Row tasks: dense segmentation, and GPFM's ROI tasks on the frozen CLS (linear probe, kNN).
+TASKS = ("segmentation", "roi-linear", "roi-knn")
+#: Scalar metrics every segmentation row carries, each with ``<name>_ci_low`` / ``<name>_ci_high``.
 METRICS = ("mIoU", "mDice", "mIoU_nobg", "mDice_nobg", "pixel_accuracy")
+#: Scalar metrics every ROI row carries (macro over classes), each with 95% bootstrap CIs.
+ROI_METRICS = ("macro_acc", "macro_f1", "macro_auroc")
+#: Retrieval accuracy at k (a query counts when one of its k nearest training images shares its class), ``roi-knn`` rows.
+TOPK_METRICS = ("top1_acc", "top3_acc", "top5_acc")
 #: Instance metrics, filled for datasets whose card declares instances (nuclei), else null.
 INSTANCE_METRICS = ("PQ", "DQ", "SQ", "mPQ", "AJI", "det_F1")
 
@@ -27,7 +33,7 @@ class ResultRow(BaseModel):
     row_id: str
     run_key: str
     created_at: datetime  # UTC
-    task: str = "segmentation"
+    task: str = "segmentation"  # one of TASKS
 
     # what ran
     model: str
@@ -53,31 +59,44 @@ class ResultRow(BaseModel):
     config_hash: str
     config_json: str
 
-    # what came out (test split)
-    mIoU: float
-    mDice: float
-    mIoU_nobg: float
-    mDice_nobg: float
-    pixel_accuracy: float
-    mIoU_ci_low: float
-    mIoU_ci_high: float
-    mDice_ci_low: float
-    mDice_ci_high: float
-    mIoU_nobg_ci_low: float
-    mIoU_nobg_ci_high: float
-    mDice_nobg_ci_low: float
-    mDice_nobg_ci_high: float
-    pixel_accuracy_ci_low: float
-    pixel_accuracy_ci_high: float
+    # what came out (test split). Segmentation rows fill the first group, ROI rows the second.
+    mIoU: float | None = None
+    mDice: float | None = None
+    mIoU_nobg: float | None = None
+    mDice_nobg: float | None = None
+    pixel_accuracy: float | None = None
+    mIoU_ci_low: float | None = None
+    mIoU_ci_high: float | None = None
+    mDice_ci_low: float | None = None
+    mDice_ci_high: float | None = None
+    mIoU_nobg_ci_low: float | None = None
+    mIoU_nobg_ci_high: float | None = None
+    mDice_nobg_ci_low: float | None = None
+    mDice_nobg_ci_high: float | None = None
+    pixel_accuracy_ci_low: float | None = None
+    pixel_accuracy_ci_high: float | None = None
     class_names: list[str]
-    per_class_iou: list[float | None]
-    per_class_dice: list[float | None]
+    per_class_iou: list[float | None] = []
+    per_class_dice: list[float | None] = []
     PQ: float | None = None
     DQ: float | None = None
     SQ: float | None = None
     mPQ: float | None = None
     AJI: float | None = None
     det_F1: float | None = None
+    macro_acc: float | None = None
+    macro_f1: float | None = None
+    macro_auroc: float | None = None
+    macro_acc_ci_low: float | None = None
+    macro_acc_ci_high: float | None = None
+    macro_f1_ci_low: float | None = None
+    macro_f1_ci_high: float | None = None
+    macro_auroc_ci_low: float | None = None
+    macro_auroc_ci_high: float | None = None
+    per_class_f1: list[float | None] = []
+    top1_acc: float | None = None
+    top3_acc: float | None = None
+    top5_acc: float | None = None
     n_bootstrap: int
     best_epoch: int
     best_val: float

@@ -118,9 +118,7 @@ def plan_run(cfg: RunConfig, image: str | None = None) -> Plan:
         blocks = resolve_blocks(cfg.blocks or spec.blocks, spec.depth)
     except ValueError as exc:
         raise ConfigError(f"--blocks: {exc}", f"'{spec.name}' has {spec.depth} blocks") from exc
-    size = cfg.input_size or card.input_size.for_patch(spec.patch_size)
-    if size % spec.patch_size:
-        raise ConfigError(f"input size {size} is not a multiple of {spec.name}'s patch size {spec.patch_size}", f"use a multiple of {spec.patch_size}")
+    size = input_size_for(cfg.input_size, card, spec)
     if cfg.strategy in ("cnn_adapter", "transformer_adapter") and len(blocks) != 1:
         raise ConfigError(f"{cfg.strategy} reads one block, got --blocks {','.join(map(str, blocks))}", "leave --blocks out (the last block)")
     if cfg.strategy == "cnn_adapter" and cfg.decoder != "transunet":
@@ -129,13 +127,26 @@ def plan_run(cfg: RunConfig, image: str | None = None) -> Plan:
         raise ConfigError(f"strategy {cfg.strategy} trains through the backbone, which a feature server cannot do",
                           "drop --endpoint (the job runs in the model's image or locally)")
     weights = resolve_weights(spec, cfg.weights, init_seed=cfg.init_seed)
-    digest = None
-    if cfg.runtime == "docker":
-        from harness.images import docker_client, ensure_image, image_identity
-
-        digest = image_identity(docker_client().images.get(image) if image else ensure_image(spec.name))
+    digest = image_digest(cfg.runtime, spec, image)
     key = None if cfg.runtime == "endpoint" else run_key(cfg, spec.spec_hash(), card.card_hash(), weights.label, digest)
     return Plan(cfg, spec, card, blocks, size, weights, digest, key)
+
+
+def input_size_for(requested: int | None, card: DatasetCard, spec: ModelSpec) -> int:
+    """The square input size: ``requested``, else the card's rule for the model's patch size; a multiple of the patch size."""
+    size = requested or card.input_size.for_patch(spec.patch_size)
+    if size % spec.patch_size:
+        raise ConfigError(f"input size {size} is not a multiple of {spec.name}'s patch size {spec.patch_size}", f"use a multiple of {spec.patch_size}")
+    return size
+
+
+def image_digest(runtime: str, spec: ModelSpec, image: str | None) -> str | None:
+    """The identity of the image a docker run uses (``image``, else the model's, built if missing); None for other runtimes."""
+    if runtime != "docker":
+        return None
+    from harness.images import docker_client, ensure_image, image_identity
+
+    return image_identity(docker_client().images.get(image) if image else ensure_image(spec.name))
 
 
 def run_bench(

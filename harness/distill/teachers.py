@@ -90,28 +90,20 @@ class TeacherCache:
 
     def __init__(self, pool: TeacherPool, views: np.ndarray, batch: int = 16, on_batch=None) -> None:
         """``views``: uint8 ``[N, G, G, 3]``, one fixed view per image; the mirror is asked for too."""
-        self.outputs: dict[str, list[TeacherOutput]] = {n: [] for n in pool.runtimes}
+        chunks: dict[str, list[TeacherOutput]] = {n: [] for n in pool.runtimes}
         for start in range(0, len(views), batch):
             chunk = views[start:start + batch]
-            both = np.concatenate([chunk, chunk[:, :, ::-1]])
-            answer = pool.ask(np.ascontiguousarray(both))
-            for n, out in answer.items():
-                self.outputs[n].append(out)
+            answer = pool.ask(np.ascontiguousarray(np.concatenate([chunk, chunk[:, :, ::-1]])))
+            for n, out in answer.items():  # [2b, ...] -> [2, b, ...]: view 0, then the mirror
+                chunks[n].append(TeacherOutput(out.cls.reshape(2, len(chunk), *out.cls.shape[1:]),
+                                               out.grid.reshape(2, len(chunk), *out.grid.shape[1:])))
             if on_batch:
                 on_batch(len(chunk))
-        self.features = {}
-        for n, parts in self.outputs.items():
-            k = [len(p.cls) // 2 for p in parts]
-            cls0 = np.concatenate([p.cls[:m] for p, m in zip(parts, k)])
-            cls1 = np.concatenate([p.cls[m:] for p, m in zip(parts, k)])
-            grid0 = np.concatenate([p.grid[:m] for p, m in zip(parts, k)])
-            grid1 = np.concatenate([p.grid[m:] for p, m in zip(parts, k)])
-            self.features[n] = (cls0, cls1, grid0, grid1)
-        del self.outputs
+        #: per teacher, ``[2, N, ...]`` arrays: the two views of every image
+        self.features = {n: TeacherOutput(np.concatenate([c.cls for c in parts], axis=1), np.concatenate([c.grid for c in parts], axis=1))
+                         for n, parts in chunks.items()}
 
     def lookup(self, index: np.ndarray) -> dict[str, TeacherOutput]:
         """Features of the fixed views of images ``index``, view-major like :class:`~harness.distill.crops.Batch`."""
-        out = {}
-        for n, (cls0, cls1, grid0, grid1) in self.features.items():
-            out[n] = TeacherOutput(np.concatenate([cls0[index], cls1[index]]), np.concatenate([grid0[index], grid1[index]]))
-        return out
+        return {n: TeacherOutput(f.cls[:, index].reshape(-1, *f.cls.shape[2:]), f.grid[:, index].reshape(-1, *f.grid.shape[2:]))
+                for n, f in self.features.items()}

@@ -15,6 +15,7 @@ import numpy as np
 from PIL import Image
 from pydantic import ValidationError
 
+from harness.bench import image_digest, input_size_for
 from harness.config import ROI_PRESETS, RoiConfig, run_key
 from harness.data.cards import DatasetCard, get_card
 from harness.data.formats import read_image
@@ -89,14 +90,6 @@ def embed(runtime: Runtime, spec: ModelSpec, batches: Iterator[np.ndarray], on_b
     return np.concatenate(out)
 
 
-def _image_digest(cfg: RoiConfig, spec: ModelSpec, image: str | None) -> str | None:
-    if cfg.runtime != "docker":
-        return None
-    from harness.images import docker_client, ensure_image, image_identity
-
-    return image_identity(docker_client().images.get(image) if image else ensure_image(spec.name))
-
-
 def run_roi(cfg: RoiConfig, results_dir: Path | None = None, data_dir: Path | None = None, show_progress: bool = False,
             write: bool = True, endpoint: str | None = None, image: str | None = None,
             notify: Callable[[str], None] | None = None, skip_finished: bool = False) -> ResultRow:
@@ -105,10 +98,8 @@ def run_roi(cfg: RoiConfig, results_dir: Path | None = None, data_dir: Path | No
     spec, card = get_spec(cfg.model), get_card(cfg.dataset)
     card.check_task(cfg.task)
     weights = resolve_weights(spec, cfg.weights, init_seed=cfg.init_seed)
-    size = cfg.input_size or card.input_size.for_patch(spec.patch_size)
-    if size % spec.patch_size:
-        raise ConfigError(f"input size {size} is not a multiple of {spec.name}'s patch size {spec.patch_size}", f"use a multiple of {spec.patch_size}")
-    digest = _image_digest(cfg, spec, image)
+    size = input_size_for(cfg.input_size, card, spec)
+    digest = image_digest(cfg.runtime, spec, image)
     key = None if cfg.runtime == "endpoint" else run_key(cfg, spec.spec_hash(), card.card_hash(), weights.label, digest)
     if skip_finished and key and (done := find_run(key, results_dir)) is not None:
         if notify is not None:

@@ -1,4 +1,4 @@
-# pfmbench: make setup | bench | test | lock | clean
+# pfmbench: make setup | bench | test | test-all | lint | lock | clean
 # `make bench MODEL=phikon DATASET=nuclei-sample WEIGHTS=random` is the embedded default run.
 
 PYTHON  ?= $(shell command -v python3.11 || command -v python3)
@@ -17,8 +17,9 @@ TASK     ?= segmentation
 OUT      ?= runs/distill
 DISTILL_ARGS ?=
 PYTEST_ARGS ?=
+FAST    := not slow and not docker and not ray and not gpu
 
-.PHONY: setup bench distill sweep report test perf perf-zoo perf-train images base-offline lock clean help
+.PHONY: setup bench distill sweep report test test-all lint perf perf-zoo perf-train images base-offline lock clean help
 
 help:
 	@echo "make setup                      create $(VENV) from requirements.lock"
@@ -27,7 +28,9 @@ help:
 	@echo "make distill [OUT=runs/distill DISTILL_ARGS=..]  distil served phikon + uni into a tiny student (resumable; docs/gpfm.md)"
 	@echo "make sweep GRID=grid.yaml [EXECUTOR=ray]  a grid of runs (docs/sweeps.md)"
 	@echo "make report                     leaderboard, figures, HTML page (report/report.html) from results/"
-	@echo "make test                       the test suite"
+	@echo "make test                       the fast tier (about 5 min on 2 cores, one real served row included)"
+	@echo "make test-all                   every test: slow, docker (needs a daemon and 'make images'), ray; what CI runs"
+	@echo "make lint                       ruff and mypy (configured in pyproject.toml), and the import-cycle check"
 	@echo "make perf [GPU=1]               served (shm, gRPC, HTTP, docker) vs in-process throughput, feature-cache epoch speed-up, streaming RSS (JSON in .perf/)"
 	@echo "make perf-zoo [DEVICE=cuda BATCH=64]  forward cost of every model: params, tokens, GFLOPs, img/s, MFU"
 	@echo "make perf-train [DEVICE=cuda SIZE=512 BATCH=8]  trainable params, s/step, peak memory per strategy (phikon, uni)"
@@ -56,7 +59,15 @@ report: setup
 	$(BIN)/pfmbench report --out report
 
 test: setup
+	$(BIN)/python -m pytest -m "$(FAST)" $(PYTEST_ARGS)
+
+test-all: setup
 	$(BIN)/python -m pytest $(PYTEST_ARGS)
+
+lint: setup
+	$(BIN)/ruff check harness tests tools
+	$(BIN)/mypy
+	$(BIN)/python tools/import_graph.py
 
 perf: setup
 ifdef GPU
@@ -81,7 +92,7 @@ base-offline:
 lock:
 	{ sed -n '1,5p' requirements.lock; $(BIN)/python -m pip freeze --all --exclude-editable | grep -v '^pfmbench\|^pip=='; } > requirements.lock.new
 	mv requirements.lock.new requirements.lock
-	$(BIN)/python -m harness.lockfile
+	$(BIN)/python tools/lockfile.py
 
 clean:
 	rm -rf $(VENV) build *.egg-info .pytest_cache

@@ -1,5 +1,8 @@
 """The resolved configuration of one run, and the protocol presets it starts from.
 
+Imports nothing heavier than pydantic (no torch): the CLI, the sweep planner and the
+results store read it without loading a model library.
+
 A :class:`RunConfig` is flat and frozen; it is stored whole in every result row, and
 its hash (with the model spec, card and weights identity) is the run key. Presets are
 plain dictionaries of defaults, not an inheritance tree: what a run used is written
@@ -10,12 +13,23 @@ from __future__ import annotations
 
 import hashlib
 import json
-from typing import Literal
+from typing import Literal, get_args
 
 from pydantic import BaseModel, ConfigDict, Field
 
-from harness.adapt.decoders import DecoderName
-from harness.adapt.strategies import Strategy
+#: The tasks a run can be (``pfmbench bench --task``); each has a :class:`harness.run.lifecycle.Task`.
+TaskName = Literal["segmentation", "roi-linear", "roi-knn"]
+TASKS: tuple[str, ...] = get_args(TaskName)
+
+Strategy = Literal["frozen", "lora", "dora", "cnn_adapter", "transformer_adapter", "full"]
+STRATEGIES: tuple[str, ...] = get_args(Strategy)
+#: Strategies whose backbone weights never change (it runs under no_grad, in eval mode).
+FROZEN_BACKBONE = ("frozen", "cnn_adapter", "transformer_adapter")
+#: Strategies that need the image itself, not only its tokens: trained by the training job.
+IN_JOB = tuple(s for s in STRATEGIES if s != "frozen")
+
+DecoderName = Literal["transunet", "linear"]
+DECODERS: tuple[str, ...] = get_args(DecoderName)
 
 Preset = Literal["densebench", "corrected"]
 Schedule = Literal["densebench", "cosine"]
@@ -90,7 +104,7 @@ class RunConfig(_RunBase):
     amp: bool = True
 
     @classmethod
-    def from_preset(cls, preset: Preset = "densebench", **overrides: object) -> "RunConfig":
+    def from_preset(cls, preset: Preset = "densebench", **overrides: object) -> RunConfig:
         values = dict(PRESETS[preset])
         values.update({k: v for k, v in overrides.items() if v is not None})
         return cls(preset=preset, **values)  # type: ignore[arg-type]
@@ -121,7 +135,7 @@ class RoiConfig(_RunBase):
     input_size: int | None = None
 
     @classmethod
-    def from_preset(cls, preset: Literal["gpfm"] = "gpfm", **overrides: object) -> "RoiConfig":
+    def from_preset(cls, preset: Literal["gpfm"] = "gpfm", **overrides: object) -> RoiConfig:
         values = dict(ROI_PRESETS[preset])
         values.update({k: v for k, v in overrides.items() if v is not None})
         return cls(preset=preset, **values)  # type: ignore[arg-type]

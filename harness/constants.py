@@ -1,7 +1,9 @@
 """Paths and environment variables, read in one place.
 
 Everything else imports from here, so a user can find every knob pfmbench reads from
-the environment by reading this file.
+the environment by reading this file. Most are read once, at import. The few that a
+test, a sweep job or a training job points elsewhere while the process runs (the
+feature cache, the tokens) are functions read at call time; they say so.
 """
 
 from __future__ import annotations
@@ -30,6 +32,42 @@ WEIGHTS_DIR = Path(os.environ.get("PFMBENCH_WEIGHTS", CACHE_DIR / "weights"))
 #: The results store (a Parquet dataset, one file per row).
 RESULTS_DIR = Path(os.environ.get("PFMBENCH_RESULTS", "results"))
 
+#: Where ``models/images.lock`` lives (image references and digests of each model).
+IMAGES_LOCK = Path(os.environ.get("PFMBENCH_IMAGES_LOCK", MODELS_DIR / "images.lock"))
+
+#: Build context of the images (the wheelhouse of the lock lives here).
+BUILD_DIR = Path(os.environ.get("PFMBENCH_BUILD", PROJECT_ROOT / "build"))
+
+#: ``FROM`` of the base image (offline: ``local/debian:bookworm``, models/_base/offline-base.sh).
+DOCKER_BASE = os.environ.get("PFMBENCH_DOCKER_BASE", "python:3.11-slim-bookworm")
+
+#: Registry host/namespace that ``images push`` writes to.
+REGISTRY = os.environ.get("PFMBENCH_REGISTRY", "ghcr.io/pfmbench")
+
+#: A Docker CLI with BuildKit, if not the one on PATH.
+DOCKER_CLI = os.environ.get("PFMBENCH_DOCKER_CLI")
+
+#: Where exported ONNX graphs are kept.
+ONNX_DIR = Path(os.environ.get("PFMBENCH_ONNX") or CACHE_DIR / "onnx")
+
+#: The model a server serves when ``--model`` is not given (set in every model image).
+SERVE_MODEL = os.environ.get("PFMBENCH_MODEL")
+
+#: Address a server binds when ``--host`` is not given (0.0.0.0 inside a container).
+SERVE_BIND = os.environ.get("PFMBENCH_BIND", "127.0.0.1")
+
+#: Device of training jobs (``cuda``, ``cpu``); default: cuda if available.
+DEVICE = os.environ.get("PFMBENCH_DEVICE")
+
+#: Seconds a model server may take to become healthy (a large model on a CPU loads slowly).
+STARTUP_TIMEOUT_S = float(os.environ.get("PFMBENCH_STARTUP_TIMEOUT", "180"))
+
+#: Seconds one inference request may take before it fails (gRPC deadline, HTTP timeout).
+REQUEST_TIMEOUT_S = float(os.environ.get("PFMBENCH_REQUEST_TIMEOUT", "300"))
+
+#: Environment variable of the feature cache's root (see :func:`features_dir`).
+FEATURES_ENV = "PFMBENCH_FEATURES"
+
 #: Label namespace of the model spec in Dockerfiles.
 LABEL_PREFIX = "org.pfmbench."
 
@@ -44,6 +82,16 @@ HUB_TOKEN_ENV = "HF_TOKEN"
 
 #: Show tracebacks instead of one-line errors.
 DEBUG = os.environ.get("PFMBENCH_DEBUG", "") not in ("", "0")
+
+
+def features_dir() -> Path:
+    """``$PFMBENCH_FEATURES``, else the cache's ``features/``. Read at call time: tests and jobs point it elsewhere."""
+    return Path(os.environ.get(FEATURES_ENV) or CACHE_DIR / "features")
+
+
+def triton_token() -> str | None:
+    """The Triton access token a server requires and a client sends. Read at call time; never logged."""
+    return os.environ.get(TOKEN_ENV) or None
 
 
 def hub_token() -> str | None:

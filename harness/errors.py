@@ -30,11 +30,20 @@ class PfmbenchError(Exception):
         return " ".join(text.split())
 
 
-def first_problem(exc: "ValidationError") -> str:
+def first_problem(exc: ValidationError) -> str:
     """One line from a pydantic ValidationError: where, what, and how many problems in all."""
     first = exc.errors()[0]
     loc = ".".join(str(p) for p in first["loc"]) or "value"
     return f"{loc}: {first['msg']} ({len(exc.errors())} problem(s))"
+
+
+def option_problem(exc: ValidationError) -> str:
+    """Every problem of a config built from CLI options, named as the option: ``--input-size: ... (got 0)``."""
+    problems = []
+    for err in exc.errors():
+        option = "--" + str(err["loc"][0]).replace("_", "-") if err["loc"] else "value"
+        problems.append(f"{option}: {err['msg']} (got {err.get('input')!r})")
+    return "; ".join(problems)
 
 
 def _close(name: str, known: Iterable[str]) -> str:
@@ -42,22 +51,23 @@ def _close(name: str, known: Iterable[str]) -> str:
     return f"did you mean '{matches[0]}'? " if matches else ""
 
 
-class UnknownModelError(PfmbenchError):
+class UnknownNameError(PfmbenchError):
+    """A name that is not in its registry: says which names are, the closest one, and how to add it."""
+
+    kind, kinds, file = "", "", ""
+
     def __init__(self, name: str, known: list[str]) -> None:
         self.name, self.known = name, known
-        super().__init__(
-            f"unknown model '{name}'; known models: {', '.join(known)}",
-            f"{_close(name, known)}pick one of those, or add models/{name}/Dockerfile",
-        )
+        super().__init__(f"unknown {self.kind} '{name}'; known {self.kinds}: {', '.join(known)}",
+                         f"{_close(name, known)}pick one of those, or add {self.file.format(name=name)}")
 
 
-class UnknownDatasetError(PfmbenchError):
-    def __init__(self, name: str, known: list[str]) -> None:
-        self.name, self.known = name, known
-        super().__init__(
-            f"unknown dataset card '{name}'; known cards: {', '.join(known)}",
-            f"{_close(name, known)}pick one of those, or add dataset_cards/{name}.yaml",
-        )
+class UnknownModelError(UnknownNameError):
+    kind, kinds, file = "model", "models", "models/{name}/Dockerfile"
+
+
+class UnknownDatasetError(UnknownNameError):
+    kind, kinds, file = "dataset card", "cards", "dataset_cards/{name}.yaml"
 
 
 class SpecError(PfmbenchError):
@@ -73,7 +83,7 @@ class CardError(PfmbenchError):
 
     def __init__(self, path: str, detail: str) -> None:
         self.path = path
-        super().__init__(f"{path}: invalid dataset card: {detail}", "correct the card (see docs/cards.md)")
+        super().__init__(f"{path}: invalid dataset card: {detail}", "correct the card (see dataset_cards/README.md)")
 
 
 class DataError(PfmbenchError):
@@ -92,7 +102,7 @@ class HubUnavailableError(WeightsError):
         self.model, self.repo = model, repo
         super().__init__(
             f"cannot fetch weights of '{model}' from {repo}: {detail}",
-            f"use WEIGHTS=random for an untrained run, or WEIGHTS=<dir> with the weights downloaded to a local directory",
+            "use WEIGHTS=random for an untrained run, or WEIGHTS=<dir> with the weights downloaded to a local directory",
         )
 
 
@@ -146,3 +156,17 @@ class PackageError(PfmbenchError):
             f"model '{model}' pins {package}=={wanted}, but {have}",
             "run 'make setup' (it installs requirements.lock), or use the model's image (RUNTIME=docker)",
         )
+
+
+class ImageError(PfmbenchError):
+    """A model image cannot be built, found, pushed or pulled."""
+
+
+class TrainJobError(PfmbenchError):
+    """A training job (``pfmbench train``, in the model's image or a local process) failed."""
+
+    def __init__(self, where: str, returncode: int | None, tail: str) -> None:
+        last = tail.strip().splitlines()[-1].removeprefix("error: ") if tail.strip() else "no output"
+        super().__init__(f"training job ({where}) exited with status {returncode}: {last}",
+                         "read the job log above; the same command resumes from the last checkpoint")
+        self.where, self.returncode, self.tail = where, returncode, tail

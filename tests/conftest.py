@@ -1,12 +1,20 @@
-"""Test session setup: isolated data/results/cache dirs, and helpers to find leftover processes."""
+"""Test session setup: isolated data/results/cache dirs, and helpers to find the processes this session started.
+
+Every process a test starts inherits ``PFMBENCH_TEST_SESSION`` (a fresh id per session);
+:func:`processes` lists only those, so a user's bench or a second checkout's suite on
+the same machine is never seen, let alone killed.
+"""
 
 from __future__ import annotations
 
 import os
 import tempfile
+import uuid
 from pathlib import Path
 
 _SESSION = Path(tempfile.mkdtemp(prefix="pfmbench-tests-"))
+SESSION_ID = uuid.uuid4().hex
+os.environ["PFMBENCH_TEST_SESSION"] = SESSION_ID
 # Set before harness.constants is imported anywhere.
 os.environ.setdefault("PFMBENCH_CACHE", str(_SESSION / "cache"))
 os.environ.setdefault("PFMBENCH_DATA", str(_SESSION / "data"))
@@ -28,12 +36,15 @@ def free_port() -> int:
 
 
 def processes() -> list[tuple[int, int, str]]:
-    """(pid, pgid, cmdline) of every live process, read from /proc."""
+    """(pid, pgid, cmdline) of every live process this test session started (its environment carries the session id)."""
     out = []
+    marker = f"PFMBENCH_TEST_SESSION={SESSION_ID}".encode()
     for entry in Path("/proc").iterdir():
-        if not entry.name.isdigit():
+        if not entry.name.isdigit() or int(entry.name) == os.getpid():
             continue
         try:
+            if marker not in (entry / "environ").read_bytes().split(b"\0"):
+                continue
             cmd = (entry / "cmdline").read_bytes().replace(b"\0", b" ").decode(errors="replace").strip()
             stat = (entry / "stat").read_text()
             fields = stat.rsplit(")", 1)[1].split()
@@ -54,15 +65,15 @@ def no_leftover_servers():
     """Fails the test if it leaves a model server, Triton or backend stub process running."""
     before = {p[0] for p in server_processes()}
     yield
-    import time
+    from waiting import wait_until
 
-    deadline = time.monotonic() + 10
-    while True:
-        left = [p for p in server_processes() if p[0] not in before]
-        if not left or time.monotonic() > deadline:
-            break
-        time.sleep(0.2)
-    assert not left, f"orphan server processes: {left}"
+    def gone() -> bool:
+        return not [p for p in server_processes() if p[0] not in before]
+
+    try:
+        wait_until(gone, 10, "the test's servers to exit")
+    except AssertionError:
+        raise AssertionError(f"orphan server processes: {[p for p in server_processes() if p[0] not in before]}") from None
 
 
 @pytest.fixture(autouse=True)

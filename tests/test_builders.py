@@ -6,9 +6,9 @@ import numpy as np
 import pytest
 import torch
 
-from harness.builders import build_extractor
-from harness.spec import get_spec
-from harness.weights import ResolvedWeights
+from harness.models.builders import build_extractor
+from harness.models.spec import get_spec
+from harness.models.weights import ResolvedWeights
 
 
 @pytest.fixture(scope="module")
@@ -79,7 +79,7 @@ def test_rejects_sizes_that_are_not_patch_multiples(phikon):
 
 @pytest.mark.parametrize("name", ["phikon", "hibou_b"])  # transformers ViT (.layers) and DINOv2 with registers (.encoder.layer)
 def test_a_shallow_tap_runs_only_the_blocks_it_needs_and_equals_the_full_forward(name):
-    from harness.builders import transformers_vit
+    from harness.models.builders import transformers_vit
 
     spec = get_spec(name)
     ext = build_extractor(spec, ResolvedWeights.random())

@@ -122,3 +122,37 @@ def test_unknown_card_suggests_a_close_one():
     with pytest.raises(UnknownDatasetError) as exc:
         get_card("nuclei-sampel")
     assert "did you mean 'nuclei-sample'" in exc.value.one_line()
+
+
+def test_a_new_on_disk_format_is_one_registered_reader(tmp_path):
+    """A reader module registering a format is all a new format takes: cards naming it validate, load and split."""
+    from harness.data import readers
+    from harness.data.cards import DatasetCard
+    from harness.data.readers.base import Reader, read_image
+
+    class CsvLabels(Reader):  # masks as CSV grids of class indices
+        formats = ("csv-grid",)
+
+        def read(self, card, sample):
+            return read_image(card, sample.image), np.loadtxt(sample.mask, delimiter=",", dtype=np.uint8, ndmin=2)
+
+    base = get_card("synthetic-tissue").model_dump(mode="json")
+    raw = {**base, "name": "csv-sample", "generator": None, "format": "csv-grid",
+           "layout": {**base["layout"], "images": "img/{id}.png", "masks": "lab/{id}.csv"}, "expected": {**base["expected"], "files": 3}}
+    with pytest.raises(ValueError, match="unknown format 'csv-grid'"):
+        DatasetCard(**raw)
+    readers.register(CsvLabels)
+    try:
+        card = DatasetCard(**raw)
+        rng = np.random.default_rng(0)
+        for i in range(3):
+            (tmp_path / "img").mkdir(exist_ok=True)
+            (tmp_path / "lab").mkdir(exist_ok=True)
+            Image.fromarray(rng.integers(0, 255, (16, 16, 3), np.uint8)).save(tmp_path / "img" / f"s{i}.png")
+            np.savetxt(tmp_path / "lab" / f"s{i}.csv", np.full((16, 16), i % card.num_classes), fmt="%d", delimiter=",")
+        samples = discover(card, tmp_path)
+        assert [s.ident for s in samples] == ["s0", "s1", "s2"]
+        image, mask = read_pair(card, samples[1])
+        assert image.shape == (16, 16, 3) and (mask == 1 % card.num_classes).all()
+    finally:
+        readers._READERS.pop("csv-grid")

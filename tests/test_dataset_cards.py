@@ -16,11 +16,12 @@ import pyarrow.parquet as pq
 import pytest
 from PIL import Image
 
-from dataset_fixtures import write_fixture
 from harness.data.cards import DatasetCard, get_card, list_cards
 from harness.data.loader import dataset_root, discover, read_pair, split
 from harness.data.prepare import INDEX_FILE, PREVIEW_FILE, prepare
 from harness.errors import DataError
+
+from dataset_fixtures import write_fixture
 
 REFERENCE = ["bcss", "cocahis", "conic2022", "consep", "cosas24", "cpm15", "cpm17", "crag", "ebhi", "glas", "janowczyk",
              "kumar", "lizard", "nucls", "pannuke", "rings", "tnbc", "wsss4luad"]
@@ -109,6 +110,29 @@ def _truncate(p: Path) -> None:
     p.write_bytes(p.read_bytes()[: len(p.read_bytes()) // 2])
 
 
+def _sixteen_bit(p: Path) -> None:
+    Image.fromarray(np.asarray(Image.open(p).convert("L")).astype(np.uint16) * 257).save(p)  # I;16 greyscale
+
+
+def _bomb(p: Path) -> None:
+    """A valid PNG whose header declares 30000 x 30000 pixels (900 M: past Pillow's decompression-bomb limit)."""
+    import struct
+    import zlib
+
+    Image.new("L", (1, 1)).save(p)
+    data = bytearray(p.read_bytes())
+    ihdr = struct.pack(">II", 30000, 30000) + bytes(data[24:29])
+    data[16:29] = ihdr
+    data[29:33] = struct.pack(">I", zlib.crc32(b"IHDR" + ihdr))
+    p.write_bytes(bytes(data))
+
+
+def _fractional_masks(p: Path) -> None:
+    masks = np.load(p).astype(np.float64)
+    masks[0, 0, 0, 0] = 0.5
+    np.save(p, masks)
+
+
 def _resize(p: Path) -> None:
     Image.open(p).resize((7, 9)).save(p)
 
@@ -159,6 +183,13 @@ CORRUPTIONS = {
     "npy row mismatch": ("pannuke", lambda r: np.save(_first(r, "Fold 1/masks/fold1/masks.npy"), np.zeros((3, 16, 16, 6))), "mask rows"),
     "broken xml": ("kumar", lambda r: _first(r, "Annotations/*.xml").write_text("<Annotations><Region"), "unreadable annotation"),
     "unknown group": ("ebhi", lambda r: (r / "Polyp").rename(r / "Cancer"), "not one of the card's groups"),
+    "16-bit image": ("tnbc", lambda r: _sixteen_bit(_first(r, "Slide_*/*.png")), "16-bit or float pixels"),
+    "decompression bomb": ("tnbc", lambda r: _bomb(_first(r, "Slide_*/*.png")), "decompression bomb"),
+    "zero-byte npy": ("pannuke", lambda r: _first(r, "Fold 1/images/fold1/images.npy").write_bytes(b""), "unreadable .npy file"),
+    "fractional npy mask": ("pannuke", lambda r: _fractional_masks(_first(r, "Fold 1/masks/fold1/masks.npy")), "fractional label values"),
+    "polygon outside the image": ("kumar", lambda r: _first(r, "Annotations/*.xml").write_text(
+        '<Annotations><Annotation><Regions><Region Id="1" Text=""><Vertices><Vertex X="1" Y="1" /><Vertex X="9000" Y="1" />'
+        '<Vertex X="9000" Y="5" /></Vertices></Region></Regions></Annotation></Annotations>'), "outside the"),
     "lizard instance without class": ("lizard", lambda r: __import__("scipy.io").io.savemat(
         _first(r, "lizard_labels/Lizard_Labels/Labels/*.mat"), {"inst_map": np.ones((24, 32)) * 5, "id": np.array([[1]]), "class": np.array([[2]])}), "have no class"),
 }

@@ -9,22 +9,20 @@ import shutil
 import signal
 import subprocess
 import sys
-import time
 
 import numpy as np
 import pytest
 import torch
+from waiting import wait_until
 
 from harness import constants
 from harness.distill.config import DistillConfig
 from harness.distill.crops import make_batch
-from harness.distill.losses import (DinoHead, ExpertHead, cls_cosine_loss, dino_loss, ibot_loss, koleo_loss, patch_feature_loss,
-                                    resize_grid)
+from harness.distill.losses import DinoHead, ExpertHead, cls_cosine_loss, dino_loss, ibot_loss, koleo_loss, patch_feature_loss, resize_grid
 from harness.distill.trainer import LOSSES, distill
-from harness.spec import get_spec, list_models, parse_dockerfile, render_dockerfile
+from harness.models.spec import get_spec, list_models, parse_dockerfile, render_dockerfile
 
 from conftest import server_processes
-
 
 # --- loss terms -------------------------------------------------------------------------
 
@@ -121,6 +119,7 @@ def test_every_zoo_dockerfile_round_trips_through_render(tmp_path):
 
 # --- a real run -------------------------------------------------------------------------
 
+@pytest.mark.slow
 def test_expert_terms_fall_with_the_teacher_cache(tmp_path):
     cfg = DistillConfig.from_preset("tiny", steps=40, batch_size=2, max_images=4, teacher_cache=True, runtime="inprocess", teacher_temp_warmup_steps=5,
                                     checkpoint_every=100)
@@ -133,6 +132,7 @@ def test_expert_terms_fall_with_the_teacher_cache(tmp_path):
     assert (tmp_path / "run" / "student.pt").is_file()
 
 
+@pytest.mark.slow
 def test_served_teachers_kill_resume_export_and_bench(tmp_path, no_leftover_servers):
     before = {p[0] for p in server_processes()}
     models = tmp_path / "models"
@@ -143,18 +143,15 @@ def test_served_teachers_kill_resume_export_and_bench(tmp_path, no_leftover_serv
            "--checkpoint-every", "3", "--runtime", "local", "--no-progress"]
     first = subprocess.Popen(cmd, env=env, stdout=subprocess.PIPE, stderr=subprocess.PIPE, start_new_session=True)
     log = run / LOSSES
-    deadline = time.monotonic() + 300
-    while time.monotonic() < deadline and first.poll() is None:
-        if (run / "checkpoint.pt").exists() and log.exists() and len(log.read_text().splitlines()) >= 4:
-            break
-        time.sleep(0.2)
-    assert first.poll() is None, first.communicate()
+    def checkpointed() -> bool:
+        assert first.poll() is None, first.communicate()
+        return (run / "checkpoint.pt").exists() and log.exists() and len(log.read_text().splitlines()) >= 4
+
+    wait_until(checkpointed, 300, "a checkpoint and four logged steps")
     os.kill(first.pid, signal.SIGKILL)
     first.wait()
-    deadline = time.monotonic() + 20  # the teachers' servers die with their parent (PDEATHSIG)
-    while (left := [p for p in server_processes() if p[0] not in before]) and time.monotonic() < deadline:
-        time.sleep(0.2)
-    assert not left, f"servers outlived the killed distill run: {left}"
+    # the teachers' servers die with their parent (PDEATHSIG)
+    wait_until(lambda: not [p for p in server_processes() if p[0] not in before], 20, "the teachers' servers to die with the killed run")
 
     done = subprocess.run(cmd, env=env, capture_output=True, text=True, timeout=600)
     assert done.returncode == 0, done.stderr

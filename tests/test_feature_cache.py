@@ -8,10 +8,11 @@ import json
 import numpy as np
 import pytest
 
-from harness.bench import resolve_config, run_bench
+from harness.client.feature_cache import FeatureCache, FeatureKey, pixels_hash
 from harness.errors import CacheError
-from harness.feature_cache import FeatureCache, FeatureKey, pixels_hash
 from harness.results.schema import METRICS
+from harness.run.lifecycle import execute
+from harness.run.plan import resolve_config
 
 KEY = FeatureKey("phikon", "spec0", "host:torch-x:harness-y", "random:0", "nuclei-sample", "card0", "train", "pix0", 224, (11,))
 
@@ -91,8 +92,8 @@ def test_pixels_hash_follows_the_pixels_not_the_batching():
 def test_frozen_runs_read_the_cache_and_score_exactly_as_an_extracting_run(tmp_path):
     """Seed 2 after seed 1 extracts nothing (no runtime is even started) and equals a run without the cache."""
     def run(seed: int, **kw):
-        cfg, _ = resolve_config("phikon", "nuclei-sample", runtime="inprocess", epochs=2, seed=seed, input_size=64)
-        return run_bench(cfg, results_dir=tmp_path / "res", write=False, **kw)
+        cfg, _ = resolve_config("segmentation", "phikon", "nuclei-sample", runtime="inprocess", epochs=2, seed=seed, input_size=64)
+        return execute(cfg, results_dir=tmp_path / "res", write=False, **kw)
 
     first = run(1)
     assert first.transfer == "inprocess"
@@ -106,6 +107,6 @@ def test_frozen_runs_read_the_cache_and_score_exactly_as_an_extracting_run(tmp_p
         assert cached.model_dump()[m] == fresh.model_dump()[m], m
     assert cached.run_key == fresh.run_key
     # another resolution is another key: extracted again, three more entries
-    cfg, _ = resolve_config("phikon", "nuclei-sample", runtime="inprocess", epochs=1, seed=1, input_size=96)
-    assert run_bench(cfg, results_dir=tmp_path / "res", write=False).transfer == "inprocess"
+    cfg, _ = resolve_config("segmentation", "phikon", "nuclei-sample", runtime="inprocess", epochs=1, seed=1, input_size=96)
+    assert execute(cfg, results_dir=tmp_path / "res", write=False).transfer == "inprocess"
     assert len(list(cache.entries())) == 6

@@ -7,10 +7,12 @@ import subprocess
 import sys
 
 import numpy as np
+import pytest
 
-from harness.perf import cache_epoch_perf, run_perf, stream_rss_perf
+from harness.perf.transfer import cache_epoch_perf, run_perf, stream_rss_perf
 
 
+@pytest.mark.slow
 def test_every_served_mode_is_measured_against_in_process(no_leftover_servers):
     report = run_perf(["lunit_vits8"], [2], [64], modes=("inprocess", "shm", "grpc", "http"), iters=2, log=lambda _: None)
     by_mode = {r.mode: r for r in report.transfer}
@@ -23,6 +25,7 @@ def test_every_served_mode_is_measured_against_in_process(no_leftover_servers):
         assert abs(r.out_mb_per_s - out_mb / (r.p50_ms / 1e3)) < 1e-6 * r.out_mb_per_s + 1e-9
 
 
+@pytest.mark.slow
 def test_the_onnx_export_run_by_onnxruntime_matches_eager_torch_in_process_and_served(no_leftover_servers):
     report = run_perf(["lunit_vits8"], [3], [64], modes=("inprocess", "onnx", "onnx-shm"), iters=1, log=lambda _: None)
     by_mode = {r.mode: r for r in report.transfer}
@@ -32,12 +35,14 @@ def test_the_onnx_export_run_by_onnxruntime_matches_eager_torch_in_process_and_s
         assert by_mode[mode].images_per_s > 0
 
 
+@pytest.mark.slow
 def test_torch_compile_matches_eager_torch():
     report = run_perf(["lunit_vits8"], [2], [32], modes=("inprocess", "compile"), iters=1, log=lambda _: None)
     compiled = next(r for r in report.transfer if r.mode == "compile")
     assert compiled.max_abs_diff is not None and compiled.max_abs_diff <= 1e-2 and compiled.images_per_s > 0
 
 
+@pytest.mark.slow
 def test_streaming_into_the_cache_keeps_the_harness_memory_flat(tmp_path, no_leftover_servers):
     """256 images' grids (154 MB) go to disk; if they were held, RSS would grow by that much."""
     res = stream_rss_perf("lunit_vits8", images=256, size=224, batch=16, blocks=(0,), cache_dir=tmp_path, log=lambda _: None)
@@ -51,9 +56,10 @@ def test_a_decoder_epoch_from_the_cache_is_timed_against_online_extraction():
     assert res["images"] == 25 and res["decoder"] == "linear" and res["epoch_cached_s"] > 0
     assert res["cache_mb"] == round(25 * 8 * 8 * 384 * 2 / 1e6, 1)
     assert np.isclose(res["speedup"], res["epoch_online_s"] / res["epoch_cached_s"], rtol=0.05)
-    assert res["speedup"] > 1  # reading a memory map beats running the backbone
+    # how much faster is a measurement of `make perf` (docs/performance.md), not a unit-test threshold
 
 
+@pytest.mark.slow
 def test_perf_cli_writes_json_and_prints_the_table(tmp_path, no_leftover_servers):
     out = tmp_path / "perf.json"
     res = subprocess.run([sys.executable, "-m", "harness.cli", "perf", "--models", "lunit_vits8", "--batches", "2", "--sizes", "64",
@@ -68,4 +74,6 @@ def test_perf_cli_writes_json_and_prints_the_table(tmp_path, no_leftover_servers
 
 def test_an_unknown_mode_is_a_one_line_error():
     res = subprocess.run([sys.executable, "-m", "harness.cli", "perf", "--modes", "inprocess,carrier-pigeon"], capture_output=True, text=True, timeout=120)
-    assert res.returncode != 0 and "stream" not in res.stdout  # refused before any measurement and "unknown perf mode 'carrier-pigeon'" in res.stderr and len(res.stderr.strip().splitlines()) == 1
+    assert res.returncode == 1
+    assert "stream" not in res.stdout  # refused before any measurement
+    assert "unknown perf mode 'carrier-pigeon'" in res.stderr and len(res.stderr.strip().splitlines()) == 1, res.stderr

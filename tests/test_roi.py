@@ -14,11 +14,11 @@ from harness.config import RoiConfig
 from harness.data.cards import DatasetCard, get_card, load_card_file
 from harness.data.loader import discover, split
 from harness.errors import CardError, ConfigError, DataError
-from harness.metrics.classification import (binary_auroc, evaluate_classification, macro_accuracy, macro_auroc, macro_f1, per_class_f1,
-                                            topk_accuracy)
+from harness.metrics.classification import binary_auroc, evaluate_classification, macro_accuracy, macro_auroc, macro_f1, per_class_f1, topk_accuracy
 from harness.roi.heads import ProbeRecipe, knn_retrieval, train_linear_probe
-from harness.roi.run import resolve_roi_config, roi_labels, run_roi
-
+from harness.run.lifecycle import execute
+from harness.run.plan import resolve_config
+from harness.run.roi import roi_labels
 
 # --- metrics, by hand -------------------------------------------------------------------
 
@@ -194,18 +194,19 @@ def test_roi_sample_is_real_balanced_and_split_three_ways():
 
 def test_task_and_card_must_agree():
     with pytest.raises(ConfigError, match="'roi-sample' is an ROI card"):
-        from harness.bench import resolve_config
+        from harness.run.plan import resolve_config
 
-        resolve_config("phikon", "roi-sample", runtime="inprocess")
+        resolve_config("segmentation", "phikon", "roi-sample", runtime="inprocess")
     with pytest.raises(ConfigError, match="needs an ROI card; 'nuclei-sample' is a segmentation card"):
-        resolve_roi_config("roi-linear", "phikon", "nuclei-sample", runtime="inprocess")
+        resolve_config("roi-linear", "phikon", "nuclei-sample", runtime="inprocess")
     with pytest.raises(ConfigError, match="retrieval card"):
-        resolve_roi_config("roi-linear", "phikon", "crc-retrieval", runtime="inprocess")
+        resolve_config("roi-linear", "phikon", "crc-retrieval", runtime="inprocess")
 
 
+@pytest.mark.slow
 def test_linear_probe_row_from_served_features(tmp_path, no_leftover_servers):
-    cfg, _ = resolve_roi_config("roi-linear", "phikon", "roi-sample", runtime="local", epochs=60, input_size=112, n_bootstrap=200)
-    row = run_roi(cfg, results_dir=tmp_path)
+    cfg, _ = resolve_config("roi-linear", "phikon", "roi-sample", runtime="local", epochs=60, input_size=112, n_bootstrap=200)
+    row = execute(cfg, results_dir=tmp_path)
     assert row.task == "roi-linear" and row.decoder == "linear" and row.transfer == "shm" and row.runtime == "local"
     assert row.split_sizes == [105, 35, 35] and row.class_names == ["connective", "inflammatory", "neoplastic"]
     for m in ("macro_acc", "macro_f1", "macro_auroc"):
@@ -216,10 +217,11 @@ def test_linear_probe_row_from_served_features(tmp_path, no_leftover_servers):
     assert 1 <= row.best_epoch <= 60 and row.trainable_params == 768 * 3 + 3
     assert RoiConfig(**json.loads(row.config_json)).config_hash() == row.config_hash
     # same key: skipped
-    again = run_roi(cfg, results_dir=tmp_path, skip_finished=True)
+    again = execute(cfg, results_dir=tmp_path, skip_finished=True)
     assert again.row_id == row.row_id
 
 
+@pytest.mark.slow
 def test_knn_row_through_the_cli(tmp_path):
     res = tmp_path / "results"
     cmd = [sys.executable, "-m", "harness", "bench", "-m", "phikon", "-d", "roi-sample", "--task", "roi-knn", "--runtime", "inprocess",

@@ -10,9 +10,9 @@ import numpy as np
 import pytest
 
 from harness.errors import ServerDiedError, ServerError
+from harness.models.spec import get_spec
+from harness.models.weights import ResolvedWeights
 from harness.runtime import InProcessRuntime, LocalRuntime
-from harness.spec import get_spec
-from harness.weights import ResolvedWeights
 
 from conftest import server_processes
 
@@ -30,7 +30,7 @@ def phikon_reference():
         return {blocks: rt.infer(IMAGES, blocks) for blocks in [(11,), (4, 11)]}
 
 
-@pytest.mark.parametrize("transfer", ["shm", "grpc", "http"])
+@pytest.mark.parametrize("transfer", ["shm", pytest.param("grpc", marks=pytest.mark.slow), pytest.param("http", marks=pytest.mark.slow)])
 def test_served_features_equal_inprocess(transfer, phikon_reference, no_leftover_servers):
     with LocalRuntime(get_spec("phikon"), ResolvedWeights.random(), transfer=transfer) as rt:
         for blocks, (ref_tokens, ref_cls) in phikon_reference.items():
@@ -45,6 +45,7 @@ def test_served_features_equal_inprocess(transfer, phikon_reference, no_leftover
     assert _shm_regions() == []
 
 
+@pytest.mark.slow
 def test_uni_timm_served_equals_inprocess(no_leftover_servers):
     spec = get_spec("uni")
     imgs = IMAGES[:2]

@@ -7,9 +7,9 @@ from pathlib import Path
 import pytest
 import torch
 
-from harness.builders import build_backbone
 from harness.errors import SpecError, UnknownModelError
-from harness.spec import get_spec, is_model, list_models, parse_dockerfile, resolve_blocks
+from harness.models.builders import build_backbone
+from harness.models.spec import get_spec, is_model, list_models, parse_dockerfile, resolve_blocks
 
 MODELS = list_models()
 

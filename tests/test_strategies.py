@@ -9,13 +9,14 @@ import re
 import pytest
 import torch
 from torch import nn
+from waiting import wait_until
 
 from harness.adapt import lora
 from harness.adapt.cnn_adapter import CNNAdapter
 from harness.adapt.decoders import TransUNetDecoder
 from harness.adapt.strategies import STRATEGIES, build_segmenter, trainable_parameters, trainable_state
-from harness.builders import build_backbone, build_extractor
-from harness.spec import get_spec, list_models
+from harness.models.builders import build_backbone, build_extractor
+from harness.models.spec import get_spec, list_models
 
 #: Any linear layer of an attention module, adapted or not.
 _ANY_ATTENTION = re.compile(r"^(?P<block>.*\.\d+)\.(?:attn|attention|self_attn)\.")
@@ -132,14 +133,16 @@ ADAPTER_PARAMS = {
 }
 
 
+@pytest.mark.slow
 @pytest.mark.parametrize("name", ["phikon", "uni"])
 def test_every_strategy_runs_on_nuclei_sample_with_the_expected_trainable_parameters(name, tmp_path):
-    from harness.bench import resolve_config, run_bench
     from harness.results.store import read_rows
+    from harness.run.lifecycle import execute
+    from harness.run.plan import resolve_config
 
     for strategy in STRATEGIES:
-        cfg, _ = resolve_config(name, "nuclei-sample", runtime="inprocess", strategy=strategy, epochs=1, input_size=32, n_bootstrap=50)
-        run_bench(cfg, results_dir=tmp_path)
+        cfg, _ = resolve_config("segmentation", name, "nuclei-sample", runtime="inprocess", strategy=strategy, epochs=1, input_size=32, n_bootstrap=50)
+        execute(cfg, results_dir=tmp_path)
     rows = {r["strategy"]: r for r in read_rows(tmp_path)}
     assert sorted(rows) == sorted(STRATEGIES)
     spec = get_spec(name)
@@ -162,31 +165,32 @@ def test_every_strategy_runs_on_nuclei_sample_with_the_expected_trainable_parame
 
 
 def test_corrected_preset_uses_peft_and_records_it(tmp_path):
-    from harness.bench import resolve_config, run_bench
+    from harness.run.lifecycle import execute
+    from harness.run.plan import resolve_config
 
     spec = get_spec("phikon")
     decoder = sum(p.numel() for p in TransUNetDecoder(spec.embed_dim, 4, spec.patch_size).parameters())
     for strategy, extra in (("lora", 1_179_648), ("dora", 1_179_648 + 48 * 768)):  # peft DoRA: a magnitude per output column
-        cfg, _ = resolve_config("phikon", "nuclei-sample", runtime="inprocess", preset="corrected", strategy=strategy, epochs=1,
+        cfg, _ = resolve_config("segmentation", "phikon", "nuclei-sample", runtime="inprocess", preset="corrected", strategy=strategy, epochs=1,
                                 input_size=32, inference="resize", n_bootstrap=20)
-        row = run_bench(cfg, results_dir=tmp_path)
+        row = execute(cfg, results_dir=tmp_path)
         assert row.trainable_params == decoder + extra and row.preset == "corrected"
         assert '"adapter_impl": "peft"' in row.config_json and '"lora_alpha": 16.0' in row.config_json
 
 
 def test_strategy_errors_are_one_line_config_errors():
-    from harness.bench import plan_run, resolve_config
     from harness.errors import ConfigError
+    from harness.run.plan import plan_run, resolve_config
 
     with pytest.raises(ConfigError, match="--strategy"):
-        resolve_config("phikon", "nuclei-sample", runtime="inprocess", strategy="prompt_tuning")
-    cfg, _ = resolve_config("phikon", "nuclei-sample", runtime="inprocess", strategy="cnn_adapter", decoder="linear")
+        resolve_config("segmentation", "phikon", "nuclei-sample", runtime="inprocess", strategy="prompt_tuning")
+    cfg, _ = resolve_config("segmentation", "phikon", "nuclei-sample", runtime="inprocess", strategy="cnn_adapter", decoder="linear")
     with pytest.raises(ConfigError, match="transunet decoder"):
         plan_run(cfg)
-    cfg, _ = resolve_config("phikon", "nuclei-sample", runtime="inprocess", strategy="transformer_adapter", blocks=(5, 11))
+    cfg, _ = resolve_config("segmentation", "phikon", "nuclei-sample", runtime="inprocess", strategy="transformer_adapter", blocks=(5, 11))
     with pytest.raises(ConfigError, match="reads one block"):
         plan_run(cfg)
-    cfg, _ = resolve_config("phikon", "nuclei-sample", runtime="endpoint", strategy="lora")
+    cfg, _ = resolve_config("segmentation", "phikon", "nuclei-sample", runtime="endpoint", strategy="lora")
     with pytest.raises(ConfigError, match="feature server cannot"):
         plan_run(cfg)
 
@@ -203,34 +207,32 @@ def _job_processes() -> list[tuple[int, int, str]]:
     return [p for p in processes() if "harness train" in p[2]]
 
 
+@pytest.mark.slow
 def test_kill_9_mid_run_resumes_from_the_checkpoint_and_the_run_has_one_row(tmp_path):
     import os
     import signal
     import subprocess
     import sys
-    import time
 
-    from harness.bench import resolve_config, run_bench
     from harness.results.store import read_rows
+    from harness.run.lifecycle import execute
+    from harness.run.plan import resolve_config
 
     res = tmp_path / "res"
     args = [sys.executable, "-m", "harness.cli", "bench", "-m", "phikon", "-d", "nuclei-sample", "-s", "lora", "--runtime", "local",
             "--epochs", "4", "--input-size", "64", "--no-progress", "--results-dir", str(res)]
     proc = subprocess.Popen(args, stdout=subprocess.PIPE, stderr=subprocess.PIPE, text=True)
-    deadline = time.monotonic() + 300
-    while not list(res.glob("runs/*/checkpoint.pt")):
+    def checkpointed() -> bool:
         assert proc.poll() is None, proc.communicate()
-        assert time.monotonic() < deadline, "no checkpoint was written"
-        time.sleep(0.05)
+        return bool(list(res.glob("runs/*/checkpoint.pt")))
+
+    wait_until(checkpointed, 300, "the first checkpoint", interval=0.02)
     os.kill(proc.pid, signal.SIGKILL)
     proc.wait()
     (ckpt,) = res.glob("runs/*/checkpoint.pt")
     done_epoch = torch.load(ckpt, weights_only=False)["epoch"]
     assert done_epoch < 3 and not (ckpt.parent / "result.json").exists() and read_rows(res) == []
-    deadline = time.monotonic() + 15
-    while _job_processes() and time.monotonic() < deadline:  # the job dies with the harness (PR_SET_PDEATHSIG)
-        time.sleep(0.1)
-    assert not _job_processes()
+    wait_until(lambda: not _job_processes(), 15, "the job to die with the harness (PR_SET_PDEATHSIG)")
 
     again = subprocess.run(args, capture_output=True, text=True, timeout=600)
     assert again.returncode == 0, again.stderr
@@ -243,8 +245,8 @@ def test_kill_9_mid_run_resumes_from_the_checkpoint_and_the_run_has_one_row(tmp_
     assert skipped.returncode == 0 and "skipped" in skipped.stdout and len(read_rows(res)) == 1
 
     # an uninterrupted run of the same configuration ends with the same numbers
-    cfg, _ = resolve_config("phikon", "nuclei-sample", runtime="inprocess", strategy="lora", epochs=4, input_size=64)
-    straight = run_bench(cfg, results_dir=tmp_path / "straight")
+    cfg, _ = resolve_config("segmentation", "phikon", "nuclei-sample", runtime="inprocess", strategy="lora", epochs=4, input_size=64)
+    straight = execute(cfg, results_dir=tmp_path / "straight")
     assert straight.run_key == rows[0]["run_key"]
     for m in ("mIoU", "mDice", "best_val", "best_epoch", "per_class_iou"):
         assert getattr(straight, m) == rows[0][m], m

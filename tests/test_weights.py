@@ -2,18 +2,17 @@
 
 from __future__ import annotations
 
-import os
 from pathlib import Path
 
 import pytest
 import torch
 from safetensors.torch import save_file
 
-from harness.builders import build_backbone, build_extractor
 from harness.errors import GatedWeightsError, HubUnavailableError, WeightsError
-from harness.spec import get_spec
-from harness.hashing import sha256_file
-from harness.weights import resolve_weights
+from harness.models.builders import build_backbone, build_extractor
+from harness.models.spec import get_spec
+from harness.models.weights import resolve_weights
+from harness.util.hashing import sha256_file
 
 
 @pytest.fixture(scope="module")

@@ -12,10 +12,10 @@ import numpy as np
 import pytest
 import torch
 
-from harness.builders import build_backbone, build_extractor, check_packages, family
 from harness.errors import PackageError
-from harness.spec import ModelSpec, get_spec, list_models
-from harness.weights import ResolvedWeights, apply_key_map, licence_notice, load_into
+from harness.models.builders import build_backbone, build_extractor, check_packages, family
+from harness.models.spec import ModelSpec, get_spec, list_models
+from harness.models.weights import ResolvedWeights, apply_key_map, licence_notice, load_into
 
 MODELS = list_models()
 #: Real CPU forward for everything up to ViT-L size (MUSK's vision path is a ViT-L) ...
@@ -64,6 +64,7 @@ def _reference_sequence(ext, x: torch.Tensor) -> torch.Tensor:
     return out.flatten(1, 2) if out.ndim == 4 else out  # Swin: [B, h, w, D]
 
 
+@pytest.mark.slow
 @pytest.mark.parametrize("name", UP_TO_VIT_L + [GIANT])
 def test_real_forward_matches_the_library(name):
     spec = get_spec(name)

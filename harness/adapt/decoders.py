@@ -16,13 +16,12 @@ CNN's 1/8, 1/4, 1/2 maps by doubling alone).
 
 from __future__ import annotations
 
-from typing import Literal
-
 import torch
 import torch.nn.functional as F
 from torch import nn
 
-DecoderName = Literal["transunet", "linear"]
+from harness.config import DECODERS, DecoderName
+from harness.errors import ConfigError
 
 
 def _conv_bn_relu(cin: int, cout: int) -> nn.Sequential:
@@ -87,6 +86,8 @@ class LinearDecoder(nn.Module):
         return F.interpolate(x, scale_factor=self.patch_size, mode="bilinear", align_corners=False)
 
 
-def build_decoder(name: DecoderName, embed_dim: int, n_blocks: int, num_classes: int, patch_size: int) -> nn.Module:
+def build_decoder(name: DecoderName | str, embed_dim: int, n_blocks: int, num_classes: int, patch_size: int) -> nn.Module:
+    if name not in DECODERS:
+        raise ConfigError(f"unknown decoder '{name}'", f"use one of {', '.join(DECODERS)}")
     cls = {"transunet": TransUNetDecoder, "linear": LinearDecoder}[name]
     return cls(embed_dim * n_blocks, num_classes, patch_size)

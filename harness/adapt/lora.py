@@ -92,20 +92,27 @@ def inject(backbone: nn.Module, kind: Kind, rank: int, alpha: float, impl: Impl)
     backbone.requires_grad_(False)
     if impl == "densebench":
         for name in targets:
-            _set_module(backbone, name, ReferenceLoRALinear(backbone.get_submodule(name), rank, alpha, dora=kind == "dora"))
+            _set_module(backbone, name, ReferenceLoRALinear(_linear(backbone, name), rank, alpha, dora=kind == "dora"))
         return targets
     from peft import LoraConfig, inject_adapter_in_model
 
-    config = LoraConfig(r=rank, lora_alpha=alpha, lora_dropout=0.0, target_modules=targets, use_dora=kind == "dora", bias="none")
+    # peft annotates lora_alpha as int but scales by alpha / r in float: the corrected preset's 16.0 is what it means
+    config = LoraConfig(r=rank, lora_alpha=alpha, lora_dropout=0.0, target_modules=targets, use_dora=kind == "dora", bias="none")  # type: ignore[arg-type]
     inject_adapter_in_model(config, backbone)
     return targets
+
+
+def _linear(backbone: nn.Module, name: str) -> nn.Linear:
+    lin = backbone.get_submodule(name)
+    assert isinstance(lin, nn.Linear), f"{name} is an attention projection"
+    return lin
 
 
 def expected_adapter_params(backbone: nn.Module, kind: Kind, rank: int, impl: Impl) -> int:
     """Trainable parameters the adapters add to ``backbone`` (before injection): the formula, for tests and docs."""
     total = 0
     for name in attention_targets(backbone):
-        lin = backbone.get_submodule(name)
+        lin = _linear(backbone, name)
         total += rank * (lin.in_features + lin.out_features)
         if kind == "dora":
             total += 1 if impl == "densebench" else lin.out_features

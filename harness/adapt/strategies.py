@@ -16,23 +16,17 @@ that count trainable parameters on the meta device.
 
 from __future__ import annotations
 
-from typing import Literal, get_args
-
 import torch
 from torch import nn
 
 from harness.adapt import lora
 from harness.adapt.cnn_adapter import SKIP_CHANNELS, CNNAdapter
-from harness.adapt.decoders import DecoderName, TransUNetDecoder, build_decoder
+from harness.adapt.decoders import TransUNetDecoder, build_decoder
 from harness.adapt.transformer_adapter import TransformerAdapter
-from harness.builders.base import TokenExtractor
+from harness.config import FROZEN_BACKBONE, IN_JOB, STRATEGIES, DecoderName, Strategy
+from harness.models.builders.base import TokenExtractor
 
-Strategy = Literal["frozen", "lora", "dora", "cnn_adapter", "transformer_adapter", "full"]
-STRATEGIES: tuple[str, ...] = get_args(Strategy)
-#: Strategies whose backbone weights never change (it runs under no_grad, in eval mode).
-FROZEN_BACKBONE = ("frozen", "cnn_adapter", "transformer_adapter")
-#: Strategies that need the image itself, not only its tokens: trained by the training job.
-IN_JOB = tuple(s for s in STRATEGIES if s != "frozen")
+__all__ = ["FROZEN_BACKBONE", "IN_JOB", "STRATEGIES", "Segmenter", "Strategy", "build_segmenter", "trainable_parameters", "trainable_state"]
 
 
 class Segmenter(nn.Module):
@@ -45,7 +39,7 @@ class Segmenter(nn.Module):
         self.cnn, self.adapter = cnn, adapter
         self.backbone_frozen = strategy in FROZEN_BACKBONE
 
-    def train(self, mode: bool = True) -> "Segmenter":
+    def train(self, mode: bool = True) -> Segmenter:
         super().train(mode)
         if self.backbone_frozen:
             self.extractor.eval()  # frozen means frozen: no dropout, no norm statistics updates

@@ -22,8 +22,8 @@ from typing import Literal
 import numpy as np
 
 from harness import constants
+from harness.models.spec import ModelSpec
 from harness.serve import protocol
-from harness.spec import ModelSpec
 
 log = logging.getLogger("pfmbench.client")
 
@@ -51,7 +51,7 @@ class FeatureClient:
     spec: ModelSpec
     token: str | None = None
     transfer: Transfer = "auto"
-    timeout_s: float = 300.0
+    timeout_s: float = constants.REQUEST_TIMEOUT_S  # PFMBENCH_REQUEST_TIMEOUT
     #: Polled while a request is in flight; returning False abandons the request
     #: (a server process that died mid-request would otherwise leave it hanging).
     alive: Callable[[], bool] | None = None

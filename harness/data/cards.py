@@ -11,7 +11,6 @@ from __future__ import annotations
 import hashlib
 import json
 import re
-from functools import lru_cache
 from pathlib import Path
 from typing import Literal
 
@@ -20,6 +19,7 @@ from pydantic import BaseModel, ConfigDict, Field, ValidationError, field_valida
 
 from harness import constants
 from harness.errors import CardError, ConfigError, UnknownDatasetError, first_problem
+from harness.util.registry import FileRegistry
 
 
 class _Strict(BaseModel):
@@ -38,8 +38,6 @@ class ClassInfo(_Strict):
     color: str = Field(pattern=r"^#[0-9a-fA-F]{6}$", description="display colour, #rrggbb")
 
 
-#: On-disk formats with a loader in :mod:`harness.data.formats`.
-Format = Literal["image-mask", "mat", "npy", "xml-polygons", "geojson-polygons", "image-folder"]
 #: What a dataset is for: dense masks, or one label per image (ROI classification; the
 #: retrieval card is an ROI set scored by nearest neighbours only).
 CardTask = Literal["segmentation", "roi-classification", "roi-retrieval"]
@@ -120,7 +118,7 @@ class Split(_Strict):
         return v
 
     @model_validator(mode="after")
-    def _official_has_parts(self) -> "Split":
+    def _official_has_parts(self) -> Split:
         if self.rule == "official" and not {"train", "test"} <= set(self.official.values()):
             raise ValueError("an official split must map folder values to at least train and test")
         return self
@@ -150,7 +148,7 @@ class DatasetCard(_Strict):
     modality: str
     classes: tuple[ClassInfo, ...] = Field(min_length=2)
     ignore_index: int = 255
-    format: Format
+    format: str = Field(description="on-disk format: the name of a reader in harness.data.readers")
     layout: Layout
     mask: MaskRule = MaskRule()
     expected: Expected
@@ -164,7 +162,7 @@ class DatasetCard(_Strict):
     unverified: tuple[str, ...] = Field(default=(), description="card fields no primary source confirmed")
 
     @model_validator(mode="after")
-    def _classes_contiguous(self) -> "DatasetCard":
+    def _classes_contiguous(self) -> DatasetCard:
         idx = [c.index for c in self.classes]
         if idx != list(range(len(idx))):
             raise ValueError(f"class indices must be 0..{len(idx) - 1} in order, got {idx}")
@@ -176,19 +174,11 @@ class DatasetCard(_Strict):
         if bad:
             raise ValueError(f"mask rule maps to {bad}, outside the classes 0..{k - 1} and ignore {self.ignore_index}")
         fields = set(self.layout.fields("images"))
-        if (self.task == "segmentation") == (self.format == "image-folder"):
-            raise ValueError(f"task {self.task} cannot use format {self.format}: ROI cards (one label per image) use image-folder, "
-                             "segmentation cards a mask format")
-        if self.format == "image-folder":
-            if self.mask.encoding != "from-group" or "group" not in fields or self.layout.masks is not None:
-                raise ValueError("image-folder cards name the label by a {group} folder: mask encoding from-group, no layout.masks")
-        elif self.layout.masks is None:
-            raise ValueError(f"format {self.format} needs layout.masks")
-        if self.format == "npy":
-            if "id" in fields:
-                raise ValueError("npy layouts have no {id}: each row of an array file is a sample")
-        elif "id" not in fields:
-            raise ValueError("layout.images must contain {id}")
+        from harness.data.readers import formats, get_reader  # the readers import this module for their types
+
+        if self.format not in formats():
+            raise ValueError(f"unknown format '{self.format}'; known formats: {', '.join(formats())}")
+        get_reader(self.format).check_card(self)
         if not set(self.layout.fields("masks")) <= fields:
             raise ValueError("layout.masks may only use placeholders that layout.images has")
         if self.split.rule == "official" and "split" not in fields:
@@ -236,22 +226,13 @@ def load_card_file(path: Path) -> DatasetCard:
         raise CardError(str(path), first_problem(exc)) from exc
 
 
-def _card_files(cards_dir: Path) -> dict[str, Path]:
-    return {p.stem: p for p in sorted(cards_dir.glob("*.yaml"))}
+_CARDS: FileRegistry[DatasetCard] = FileRegistry("*.yaml", lambda p: p.stem, load_card_file, UnknownDatasetError, lambda: constants.CARDS_DIR)
 
 
 def list_cards(cards_dir: Path | None = None) -> list[str]:
-    return list(_card_files(cards_dir or constants.CARDS_DIR))
-
-
-@lru_cache(maxsize=None)
-def _cached(path: Path, mtime: float) -> DatasetCard:
-    return load_card_file(path)
+    return _CARDS.names(folder=cards_dir)
 
 
 def get_card(name: str, cards_dir: Path | None = None) -> DatasetCard:
     """The card ``name``; :class:`UnknownDatasetError` lists the known cards."""
-    files = _card_files(cards_dir or constants.CARDS_DIR)
-    if name not in files:
-        raise UnknownDatasetError(name, sorted(files))
-    return _cached(files[name], files[name].stat().st_mtime)
+    return _CARDS.get(name, cards_dir)

@@ -10,8 +10,8 @@ from __future__ import annotations
 
 import json
 import re
-from glob import escape as glob_escape
 from dataclasses import dataclass
+from glob import escape as glob_escape
 from pathlib import Path
 
 import numpy as np
@@ -19,7 +19,7 @@ from PIL import Image
 
 from harness import constants
 from harness.data.cards import DatasetCard
-from harness.data.formats import IMAGE_SUFFIXES, Sample, npy_rows, read_instances, read_sample
+from harness.data.formats import IMAGE_SUFFIXES, Sample, read_instances, read_sample, sample_rows
 from harness.data.samples import materialise
 from harness.errors import DataError
 
@@ -81,9 +81,13 @@ def discover(card: DatasetCard, root: Path, check_count: bool = True) -> list[Sa
         raise DataError(f"{card.name}: {root} is empty", f"unpack the download ({card.source.url}) into it")
     regex, glob = _pattern(card.layout.images)
     found = sorted(root.glob(glob))
-    matches = [(p, regex.fullmatch(p.relative_to(root).as_posix())) for p in found if p.is_file()]
     skip = re.compile(card.layout.exclude) if card.layout.exclude else None
-    matches = [(p, m) for p, m in matches if m and not (skip and skip.search(p.relative_to(root).as_posix()))]
+    matches: list[tuple[Path, re.Match[str]]] = []
+    for p in found:
+        rel = p.relative_to(root).as_posix()
+        m = regex.fullmatch(rel) if p.is_file() else None
+        if m and not (skip and skip.search(rel)):
+            matches.append((p, m))
     if not matches:
         raise DataError(
             f"{card.name}: no file under {root} matches the layout '{card.layout.images}'",
@@ -99,9 +103,10 @@ def discover(card: DatasetCard, root: Path, check_count: bool = True) -> list[Sa
         all_fields = {k: v for k, v in fields.items() if k != "ext"}
         # A sample is named by what names its annotation: two images for one mask are duplicates.
         key_fields = {k: v for k, v in all_fields.items() if k in card.layout.fields("masks") or k == "split" or not card.layout.masks}
-        if card.format == "npy":
+        rows = sample_rows(card, path)
+        if rows is not None:  # an array file: one sample per row
             prefix = "-".join(key_fields.values())
-            samples += [Sample(f"{prefix}-{i:05d}" if prefix else f"{i:05d}", path, mask, all_fields, i) for i in range(npy_rows(card, path))]
+            samples += [Sample(f"{prefix}-{i:05d}" if prefix else f"{i:05d}", path, mask, all_fields, i) for i in range(rows)]
             continue
         ident = "/".join(key_fields.values())
         if ident in seen:
@@ -155,8 +160,8 @@ def resize_pair(image: np.ndarray, mask: np.ndarray, size: int) -> tuple[np.ndar
     """The reference val/test transform: image bilinear, mask nearest, to ``size x size``."""
     if image.shape[:2] == (size, size):
         return image, mask
-    img = np.asarray(Image.fromarray(image).resize((size, size), Image.BILINEAR))
-    msk = np.asarray(Image.fromarray(mask).resize((size, size), Image.NEAREST))
+    img = np.asarray(Image.fromarray(image).resize((size, size), Image.Resampling.BILINEAR))
+    msk = np.asarray(Image.fromarray(mask).resize((size, size), Image.Resampling.NEAREST))
     return img, msk
 
 
@@ -181,7 +186,7 @@ def load_split_arrays(card: DatasetCard, samples: list[Sample], size: int) -> Sp
         images[i], masks[i] = resize_pair(image, mask, size)
         if instances is not None:
             inst = read_instances(card, s, mask)
-            instances[i] = np.asarray(Image.fromarray(inst.astype(np.int32)).resize((size, size), Image.NEAREST))
+            instances[i] = np.asarray(Image.fromarray(inst.astype(np.int32)).resize((size, size), Image.Resampling.NEAREST))
     return SplitArrays(images, masks, [s.ident for s in samples], instances)
 
 

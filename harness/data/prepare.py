@@ -10,9 +10,7 @@ atomically. A failure leaves nothing behind.
 from __future__ import annotations
 
 import json
-import os
 import resource
-import tempfile
 import time
 from collections.abc import Callable
 from dataclasses import dataclass
@@ -25,7 +23,8 @@ from harness.data.cards import DatasetCard
 from harness.data.loader import SOURCE_FILE, SPLITS, discover, prepared_dir, read_pair, split
 from harness.data.samples import materialise
 from harness.errors import DataError
-from harness.hashing import sha256_file
+from harness.util.atomic import atomic_write, atomic_write_json
+from harness.util.hashing import sha256_file
 
 INDEX_FILE = "index.parquet"
 PREVIEW_FILE = "preview.png"
@@ -60,7 +59,7 @@ def _overlay(card: DatasetCard, image: np.ndarray, mask: np.ndarray) -> Image.Im
     img = image.astype(np.float32)
     fg = (mask > 0) & (mask < card.num_classes)
     img[fg] = 0.55 * img[fg] + 0.45 * colours[mask[fg]]
-    return Image.fromarray(img.astype(np.uint8)).resize((PREVIEW_TILE, PREVIEW_TILE), Image.BILINEAR)
+    return Image.fromarray(img.astype(np.uint8)).resize((PREVIEW_TILE, PREVIEW_TILE), Image.Resampling.BILINEAR)
 
 
 def _preview(card: DatasetCard, tiles: list[Image.Image], cols: int = 4) -> Image.Image:
@@ -69,17 +68,6 @@ def _preview(card: DatasetCard, tiles: list[Image.Image], cols: int = 4) -> Imag
     for i, tile in enumerate(tiles):
         grid.paste(tile, ((i % cols) * PREVIEW_TILE, (i // cols) * PREVIEW_TILE))
     return grid
-
-
-def _atomic_write(path: Path, write: Callable[[Path], None]) -> None:
-    fd, tmp = tempfile.mkstemp(prefix=f".{path.name}.", dir=path.parent)
-    os.close(fd)
-    try:
-        write(Path(tmp))
-        os.replace(tmp, path)
-    finally:
-        if os.path.exists(tmp):
-            os.unlink(tmp)
 
 
 def prepare(card: DatasetCard, source: Path | None = None, data_dir: Path | None = None,
@@ -129,10 +117,10 @@ def prepare(card: DatasetCard, source: Path | None = None, data_dir: Path | None
     })
     # Everything validated: write (each file atomically; the folder only now).
     out_dir.mkdir(parents=True, exist_ok=True)
-    _atomic_write(out_dir / INDEX_FILE, lambda p: pq.write_table(table, p))
-    _atomic_write(out_dir / PREVIEW_FILE, lambda p: _preview(card, tiles).save(p, format="PNG"))
+    atomic_write(out_dir / INDEX_FILE, lambda f: pq.write_table(table, f))
+    atomic_write(out_dir / PREVIEW_FILE, lambda f: _preview(card, tiles).save(f, format="PNG"))
     if source is not None:
-        _atomic_write(out_dir / SOURCE_FILE, lambda p: p.write_text(json.dumps({"root": str(root), "card_hash": card.card_hash()})))
+        atomic_write_json(out_dir / SOURCE_FILE, {"root": str(root), "card_hash": card.card_hash()})
     seconds = time.perf_counter() - started
     return PrepareReport(
         card.name, root, out_dir, len(samples), {k: len(parts[k]) for k in SPLITS},

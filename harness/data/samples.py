@@ -10,7 +10,6 @@ from __future__ import annotations
 
 import importlib.metadata
 import shutil
-import tempfile
 from collections.abc import Callable
 from pathlib import Path
 
@@ -19,6 +18,7 @@ from PIL import Image
 
 from harness.data.cards import DatasetCard
 from harness.errors import DataError
+from harness.util.atomic import atomic_directory
 
 HISTOLYTICS_VERSION = "0.3.0"
 TILE = 250
@@ -130,7 +130,7 @@ def synthetic_tile(rng: np.random.Generator, size: int = 256) -> tuple[np.ndarra
 
 def synthetic_tissue(root: Path, card: DatasetCard) -> None:
     rng = np.random.default_rng(card.split.seed)
-    for i in range(card.expected.files):
+    for i in range(card.expected.files or 0):
         image, mask = synthetic_tile(rng)
         _write_pair(root, f"syn_{i:04d}", image, mask)
 
@@ -148,15 +148,9 @@ def materialise(card: DatasetCard, root: Path) -> Path:
         return root
     if card.generator not in GENERATORS:
         raise DataError(f"card '{card.name}' names unknown generator {card.generator!r}", f"use one of {sorted(GENERATORS)}")
-    root.parent.mkdir(parents=True, exist_ok=True)
-    tmp = Path(tempfile.mkdtemp(prefix=f".{card.name}-", dir=root.parent))
-    try:
+    if root.exists():  # an older or half-written generation (no .complete): replaced whole
+        shutil.rmtree(root)
+    with atomic_directory(root) as tmp:
         GENERATORS[card.generator](tmp, card)
         (tmp / ".complete").write_text(card.card_hash())
-        if root.exists():
-            shutil.rmtree(root)
-        tmp.rename(root)
-    finally:
-        if tmp.exists():
-            shutil.rmtree(tmp, ignore_errors=True)
     return root

@@ -15,7 +15,7 @@ from typing import Literal
 
 from pydantic import BaseModel, ConfigDict, Field, model_validator
 
-from harness.spec import ModelSpec
+from harness.models.spec import ModelSpec
 
 Preset = Literal["gpfm", "tiny"]
 
@@ -104,7 +104,7 @@ class DistillConfig(BaseModel):
     runtime: str = "local"
 
     @model_validator(mode="after")
-    def _consistent(self) -> "DistillConfig":
+    def _consistent(self) -> DistillConfig:
         for name in ("cls_weights", "patch_weights"):
             missing = [t for t in self.teachers if t not in getattr(self, name)]
             if missing:
@@ -116,13 +116,14 @@ class DistillConfig(BaseModel):
         return self
 
     @classmethod
-    def from_preset(cls, preset: Preset = "tiny", **overrides: object) -> "DistillConfig":
+    def from_preset(cls, preset: Preset = "tiny", **overrides: object) -> DistillConfig:
         values = dict(PRESETS[preset])
         values.update({k: v for k, v in overrides.items() if v is not None})
         if "teachers" in overrides and overrides["teachers"] is not None:  # weights for teachers the preset does not name: 1.0 / 0.25
+            teachers: tuple[str, ...] = tuple(values["teachers"])  # type: ignore[arg-type]
             for key, default in (("cls_weights", 1.0), ("patch_weights", 0.25)):
-                weights = dict(values[key])  # type: ignore[arg-type]
-                values[key] = {t: weights.get(t, default) for t in values["teachers"]}  # type: ignore[union-attr]
+                weights: dict[str, float] = dict(values[key])  # type: ignore[call-overload]
+                values[key] = {t: weights.get(t, default) for t in teachers}
         return cls(preset=preset, **values)  # type: ignore[arg-type]
 
     @property
@@ -146,3 +147,20 @@ class DistillConfig(BaseModel):
             params_m=max(round(12 * self.depth * self.embed_dim ** 2 / 1e6, 2), 0.01), weights_file=weights_file,
             weights_sha256=weights_sha256,
         )
+
+
+def resolve_distill_config(preset: str, teachers: tuple[str, ...] | None = None, **overrides: object) -> DistillConfig:
+    """A :class:`DistillConfig` from CLI-level choices, with one-line errors naming the option."""
+    from pydantic import ValidationError
+
+    from harness.errors import ConfigError, option_problem
+    from harness.models.spec import get_spec
+
+    if preset not in PRESETS:
+        raise ConfigError(f"unknown distillation preset '{preset}'", f"use one of {', '.join(PRESETS)}")
+    for name in teachers or ():
+        get_spec(name)  # an unknown teacher: the usual list of models
+    try:
+        return DistillConfig.from_preset(preset, teachers=teachers, **overrides)  # type: ignore[arg-type]
+    except ValidationError as exc:
+        raise ConfigError(f"distillation config: {option_problem(exc)}", "see 'pfmbench distill run --help'") from exc

@@ -30,9 +30,9 @@ def random_resized_crop(rng: np.random.Generator, image: np.ndarray, size: int, 
             break
     else:  # fall back to the whole image
         top, left, ch, cw = 0, 0, h, w
-    crop = Image.fromarray(image[top:top + ch, left:left + cw]).resize((size, size), Image.BICUBIC)
+    crop = Image.fromarray(image[top:top + ch, left:left + cw]).resize((size, size), Image.Resampling.BICUBIC)
     if rng.random() < 0.5:
-        crop = crop.transpose(Image.FLIP_LEFT_RIGHT)
+        crop = crop.transpose(Image.Transpose.FLIP_LEFT_RIGHT)
     return np.asarray(crop)
 
 
@@ -95,4 +95,4 @@ def fixed_global_view(image: np.ndarray, size: int) -> np.ndarray:
     """The deterministic global view of an image: resized to ``size`` (bicubic)."""
     if image.shape[:2] == (size, size):
         return image
-    return np.asarray(Image.fromarray(image).resize((size, size), Image.BICUBIC))
+    return np.asarray(Image.fromarray(image).resize((size, size), Image.Resampling.BICUBIC))

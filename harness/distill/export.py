@@ -2,7 +2,7 @@
 
 The backbone's weights are written as safetensors to ``$PFMBENCH_WEIGHTS/<name>/`` (the
 local weights directory every model has), and ``models/<name>/Dockerfile`` is generated
-from the same :class:`~harness.spec.ModelSpec` the student was trained as, with the
+from the same :class:`~harness.models.spec.ModelSpec` the student was trained as, with the
 weights' sha256 pinned. ``pfmbench bench -m <name> --weights hub`` (or ``make bench
 MODEL=<name> WEIGHTS=hub``) then benchmarks it like any other model, locally or in its image.
 """
@@ -22,8 +22,9 @@ from harness import constants
 from harness.distill.config import DistillConfig
 from harness.distill.trainer import CONFIG, STUDENT
 from harness.errors import ConfigError
-from harness.hashing import sha256_file
-from harness.spec import is_model, parse_dockerfile, render_dockerfile
+from harness.models.spec import is_model, parse_dockerfile, render_dockerfile
+from harness.util.atomic import atomic_write
+from harness.util.hashing import sha256_file
 
 
 @dataclass(frozen=True)
@@ -37,7 +38,7 @@ class Exported:
 def export_student(run_dir: Path, name: str, models_dir: Path | None = None, weights_dir: Path | None = None,
                    overwrite: bool = False) -> Exported:
     """Write the student of ``run_dir`` into the zoo as ``name``; refuses to replace a model unless ``overwrite``."""
-    from safetensors.torch import save_file
+    from safetensors.torch import save
 
     if not re.fullmatch(r"[a-z0-9][a-z0-9_]*", name):
         raise ConfigError(f"model name '{name}' is not valid", "use lower-case letters, digits and underscores (e.g. gpfm_tiny)")
@@ -52,9 +53,7 @@ def export_student(run_dir: Path, name: str, models_dir: Path | None = None, wei
     target = (weights_dir or constants.WEIGHTS_DIR) / name
     target.mkdir(parents=True, exist_ok=True)
     weights = target / "model.safetensors"
-    tmp = target / ".model.safetensors.tmp"
-    save_file({k: v.contiguous() for k, v in state.items()}, str(tmp))
-    tmp.replace(weights)
+    atomic_write(weights, lambda f: f.write(save({k: v.contiguous() for k, v in state.items()})))
     digest = sha256_file(weights)
     spec = cfg.student_spec(name=name, weights_sha256=digest, source=f"local:{name}")
     spec = spec.model_copy(update={"display_name": f"{name} (distilled from {', '.join(cfg.teachers)})"})

@@ -16,9 +16,9 @@ from dataclasses import dataclass
 
 import numpy as np
 
+from harness.models.spec import ModelSpec, get_spec
+from harness.models.weights import resolve_weights
 from harness.runtime import Runtime, make_runtime
-from harness.spec import ModelSpec, get_spec
-from harness.weights import resolve_weights
 
 
 @dataclass(frozen=True)
@@ -40,7 +40,7 @@ class TeacherPool(contextlib.AbstractContextManager):
         self._gather = ThreadPoolExecutor(max_workers=2, thread_name_prefix="teacher-batch")
         self.request_s: list[float] = []  # wall time of each batch through every teacher
 
-    def __enter__(self) -> "TeacherPool":
+    def __enter__(self) -> TeacherPool:
         made = {n: make_runtime(self.runtime_name, spec, self.weights[n]) for n, spec in self.specs.items()}
         starts = {n: self._pool.submit(rt.__enter__) for n, rt in made.items()}  # servers start side by side
         failure: BaseException | None = None

@@ -13,13 +13,13 @@ from __future__ import annotations
 import copy
 import json
 import math
-import os
 import statistics
 import time
 from collections.abc import Callable
 from concurrent.futures import ThreadPoolExecutor
 from dataclasses import dataclass, field
 from pathlib import Path
+from typing import Any
 
 import numpy as np
 import torch
@@ -30,11 +30,11 @@ from harness.data.formats import read_image
 from harness.data.loader import dataset_root, discover, split
 from harness.distill.config import DistillConfig
 from harness.distill.crops import Batch, fixed_global_view, make_batch
-from harness.distill.losses import (DinoHead, ExpertHead, centered_softmax, cls_cosine_loss, dino_loss, ibot_loss, koleo_loss,
-                                    patch_feature_loss, resize_grid)
+from harness.distill.losses import DinoHead, ExpertHead, centered_softmax, cls_cosine_loss, dino_loss, ibot_loss, koleo_loss, patch_feature_loss, resize_grid
 from harness.distill.teachers import TeacherCache, TeacherOutput, TeacherPool
 from harness.errors import ConfigError
-from harness.progress import progress_bar
+from harness.train.checkpoint import save_checkpoint
+from harness.util.progress import progress_bar
 
 CHECKPOINT = "checkpoint.pt"
 LOSSES = "losses.jsonl"
@@ -44,6 +44,10 @@ STUDENT = "student.pt"
 
 class Student(nn.Module):
     """A timm DINOv2-style ViT plus the iBOT mask token (kept outside the backbone, which is what gets exported)."""
+
+    backbone: Any  # timm's VisionTransformer: its private steps (_pos_embed, patch_drop) are called one by one
+    mean: torch.Tensor
+    std: torch.Tensor
 
     def __init__(self, cfg: DistillConfig) -> None:
         super().__init__()
@@ -130,7 +134,9 @@ class StepTimes:
     teacher_request_s: list[float] = field(default_factory=list)  # one batch through every teacher, concurrently
 
     def summary(self) -> dict[str, float]:
-        med = (lambda v: statistics.median(v) if v else 0.0)
+        def med(v: list[float]) -> float:
+            return statistics.median(v) if v else 0.0
+
         return {"teacher_request_s": med(self.teacher_request_s), "teacher_wait_s": med(self.teacher_wait_s), "student_s": med(self.student_s),
                 "step_s": med([a + b for a, b in zip(self.teacher_wait_s, self.student_s)])}
 
@@ -143,7 +149,7 @@ class Distiller:
         self.cfg = cfg
         self.student = Student(cfg)
         self.heads = Heads(cfg, teacher_dims)
-        self.teacher = copy.deepcopy(self.student.backbone).requires_grad_(False).eval()  # no drop path in the EMA teacher
+        self.teacher: Any = copy.deepcopy(self.student.backbone).requires_grad_(False).eval()  # no drop path in the EMA teacher
         self.teacher_head = copy.deepcopy(self.heads.dino).requires_grad_(False).eval()
         self.dino_center = torch.zeros(1, cfg.prototypes)
         self.ibot_center = torch.zeros(1, 1, cfg.prototypes)
@@ -202,20 +208,20 @@ class Distiller:
         else:
             t_patch_logits = None
             losses["ibot"] = s_cls.new_zeros(())
-        losses["koleo"] = sum(koleo_loss(c) for c in s_cls.split(n_img)) / 2
+        losses["koleo"] = torch.stack([koleo_loss(c) for c in s_cls.split(n_img)]).sum() / 2
 
         # expert distillation: one head per served teacher
-        for name, out in experts.items():
+        for name, expert in experts.items():
             head = self.heads.experts[name]
-            t_c = torch.from_numpy(np.asarray(out.cls, np.float32))
-            t_g = resize_grid(torch.from_numpy(np.asarray(out.grid, np.float32)), grid)
+            t_c = torch.from_numpy(np.asarray(expert.cls, np.float32))
+            t_g = resize_grid(torch.from_numpy(np.asarray(expert.grid, np.float32)), grid)
             losses[f"{name}.cls"] = cls_cosine_loss(head(s_cls), t_c)
             losses[f"{name}.patch"] = patch_feature_loss(head(s_patch), t_g, cfg.patch_cos, cfg.patch_smooth_l1)
 
         weights = {"dino": cfg.dino_weight, "ibot": cfg.ibot_weight, "koleo": cfg.koleo_weight}
         weights.update({f"{n}.cls": cfg.cls_weights[n] for n in experts})
         weights.update({f"{n}.patch": cfg.patch_weights[n] for n in experts})
-        total = sum(weights[k] * v for k, v in losses.items())
+        total = torch.stack([weights[k] * v for k, v in losses.items()]).sum()
         self.opt.zero_grad(set_to_none=True)
         total.backward()
         if s < cfg.freeze_last_layer_steps:
@@ -238,12 +244,6 @@ class Distiller:
         out = {k: float(v.detach()) for k, v in losses.items()}
         out["total"] = float(total.detach())
         return out
-
-
-def _atomic_save(obj: object, path: Path) -> None:
-    tmp = path.with_name(f".{path.name}.tmp")
-    torch.save(obj, tmp)
-    os.replace(tmp, path)
 
 
 def _trim_log(path: Path, steps: int) -> None:
@@ -330,10 +330,10 @@ def distill(cfg: DistillConfig, run_dir: Path, data_dir: Path | None = None, sho
                     if on_step:
                         on_step(step + 1, losses)
                     if (step + 1) % cfg.checkpoint_every == 0 or step + 1 == cfg.steps:
-                        _atomic_save(model.state_dict(), ckpt)
+                        save_checkpoint(model.state_dict(), ckpt)
         times.teacher_request_s = list(pool.request_s)
         transfer = pool.transfer
-    _atomic_save({"backbone": model.student.backbone.state_dict(), "config": cfg.model_dump(mode="json")}, run_dir / STUDENT)
+    save_checkpoint({"backbone": model.student.backbone.state_dict(), "config": cfg.model_dump(mode="json")}, run_dir / STUDENT)
     rows = [json.loads(line) for line in log_path.read_text().splitlines()]
     first, last = loss_trend(rows, cfg.teacher_temp_warmup_steps)
     return DistillResult(run_dir, cfg.steps, resumed_from, times.summary(), first, last, transfer)

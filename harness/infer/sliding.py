@@ -62,7 +62,7 @@ def sliding_window(images: Sequence[np.ndarray], predict: Predict, window: int, 
         if ph or pw:
             img = np.pad(img, ((0, ph), (0, pw), (0, 0)), mode="reflect" if min(h, w) > 1 else "edge")
         padded.append(img)
-        jobs += [(i, y, x) for y, x in _tiles(*img.shape[:2], window, overlap)]
+        jobs += [(i, y, x) for y, x in _tiles(img.shape[0], img.shape[1], window, overlap)]
     acc: list[np.ndarray | None] = [None] * len(images)
     wsum = [np.zeros(p.shape[:2]) for p in padded]
     for start in range(0, len(jobs), batch):
@@ -72,9 +72,10 @@ def sliding_window(images: Sequence[np.ndarray], predict: Predict, window: int, 
         if logits.ndim != 4 or logits.shape[0] != len(chunk) or logits.shape[2:] != (window, window):
             raise ValueError(f"predict returned {logits.shape}; expected [{len(chunk)}, C, {window}, {window}]")
         for (i, y, x), lg in zip(chunk, logits):
-            if acc[i] is None:
-                acc[i] = np.zeros((lg.shape[0], *padded[i].shape[:2]))
-            acc[i][:, y:y + window, x:x + window] += lg * weights
+            a = acc[i]
+            if a is None:
+                a = acc[i] = np.zeros((lg.shape[0], *padded[i].shape[:2]))
+            a[:, y:y + window, x:x + window] += lg * weights
             wsum[i][y:y + window, x:x + window] += weights
     out = []
     for img, a, ws in zip(images, acc, wsum):

@@ -55,7 +55,7 @@ class PQStats:
     fn: int = 0
     iou_sum: float = 0.0
 
-    def __add__(self, other: "PQStats") -> "PQStats":
+    def __add__(self, other: PQStats) -> PQStats:
         return PQStats(self.tp + other.tp, self.fp + other.fp, self.fn + other.fn, self.iou_sum + other.iou_sum)
 
     @property

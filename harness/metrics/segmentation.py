@@ -13,6 +13,7 @@ independent unit.
 
 from __future__ import annotations
 
+from collections.abc import Sequence
 from dataclasses import dataclass, field
 
 import numpy as np
@@ -30,7 +31,7 @@ def confusion_matrix(pred: np.ndarray, target: np.ndarray, num_classes: int, ign
     return np.bincount(t * num_classes + p, minlength=num_classes * num_classes).reshape(num_classes, num_classes)
 
 
-def per_image_confusion(preds: np.ndarray, targets: np.ndarray, num_classes: int, ignore_index: int = 255) -> np.ndarray:
+def per_image_confusion(preds: Sequence[np.ndarray] | np.ndarray, targets: Sequence[np.ndarray] | np.ndarray, num_classes: int, ignore_index: int = 255) -> np.ndarray:
     """``[N, K, K]``: one matrix per image, so bootstrap resamples are cheap sums."""
     return np.stack([confusion_matrix(p, t, num_classes, ignore_index) for p, t in zip(preds, targets)])
 

@@ -9,7 +9,7 @@ from __future__ import annotations
 import base64
 import csv
 from dataclasses import dataclass
-from datetime import datetime, timezone
+from datetime import UTC, datetime
 from pathlib import Path
 
 from jinja2 import Environment, PackageLoader, select_autoescape
@@ -20,6 +20,7 @@ from harness.report import plots
 from harness.report.leaderboard import Leaderboard, build_leaderboard
 from harness.report.published import SOURCE, cell_count
 from harness.results.store import read_rows
+from harness.util.atomic import atomic_write_text
 
 
 @dataclass
@@ -50,6 +51,11 @@ def _inline_png(path: Path) -> str:
 
 def build_report(results_dir: Path | None = None, out_dir: Path = Path("report"), metric: str = "mDice") -> ReportFiles:
     """Read every row, rank, compare, plot; write ``report.html``, ``leaderboard.csv`` and the PNGs to ``out_dir``."""
+    from harness.errors import ConfigError
+    from harness.report.published import METRIC_NAMES
+
+    if metric not in METRIC_NAMES:
+        raise ConfigError(f"unknown metric '{metric}'", f"use one of {', '.join(METRIC_NAMES)}")
     rows = read_rows(results_dir)
     if not rows:
         raise ResultsError("there are no result rows to report on", "run 'pfmbench bench' first (or pass --results-dir)")
@@ -65,11 +71,9 @@ def build_report(results_dir: Path | None = None, out_dir: Path = Path("report")
     env = Environment(loader=PackageLoader("harness.report", "templates"), autoescape=select_autoescape(["html"]))
     page = env.get_template("report.html.j2").render(
         board=board, groups=board.groups(), figures={p.stem: _inline_png(p) for p in pngs}, source=SOURCE, published_cells=cell_count(),
-        n_rows=len(rows), version=__version__, generated=datetime.now(timezone.utc).strftime("%Y-%m-%d %H:%M UTC"),
+        n_rows=len(rows), version=__version__, generated=datetime.now(UTC).strftime("%Y-%m-%d %H:%M UTC"),
         n_random=sum(e.random for e in board.entries),
     )
     html = out_dir / "report.html"
-    tmp = html.with_suffix(".html.tmp")
-    tmp.write_text(page)
-    tmp.replace(html)
+    atomic_write_text(html, page)
     return ReportFiles(html, csv_path, pngs, board)

@@ -1,6 +1,6 @@
 """Leaderboard from result rows: one entry per (dataset, strategy, preset, model, weights), ranks, published deltas.
 
-Rules (docs/report.md):
+Rules (docs/strategies.md, "The report"):
 
 * The newest row of each configuration counts (a re-run, or the same run in another runtime, replaces it).
 * Rows that differ only in seed are one entry: the metric is their mean, the CI the mean
@@ -111,7 +111,9 @@ def build_leaderboard(rows: list[dict], metric: str = "mDice", keys: dict[str, d
         seeds[(r["dataset"], r["strategy"], r["preset"], r["model"], r["weights"])].append(r)
     entries = []
     for (dataset, strategy, preset, model, weights), group in sorted(seeds.items()):
-        mean = lambda col: sum(float(g[col]) for g in group) / len(group)  # noqa: E731
+        def mean(col: str, group: list[dict] = group) -> float:
+            return sum(float(g[col]) for g in group) / len(group)
+
         e = Entry(dataset, strategy, preset, model, weights, len(group), mean(metric), mean(f"{metric}_ci_low"), mean(f"{metric}_ci_high"))
         ref_model, ref_dataset = keys["models"].get(model), keys["datasets"].get(dataset)
         if not e.random:
@@ -142,9 +144,10 @@ def _model_ranks(entries: list[Entry]) -> list[ModelRank]:
 def _reference_keys(rows: list[dict]) -> dict[str, dict[str, str | None]]:
     from harness.data.cards import get_card
     from harness.errors import PfmbenchError
-    from harness.spec import get_spec
+    from harness.models.spec import get_spec
 
-    models, datasets = {}, {}
+    models: dict[str, str | None] = {}
+    datasets: dict[str, str | None] = {}
     for r in rows:
         for name, table, lookup in ((r["model"], models, get_spec), (r["dataset"], datasets, get_card)):
             if name not in table:

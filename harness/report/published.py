@@ -63,7 +63,7 @@ def cell_count() -> int:
 def convert(source_dir: Path, out: Path = CSV_PATH) -> int:
     """Write the CSV from the website's ``<strategy>.json`` files; returns the number of cells."""
     rows = []
-    for ours, ref in STRATEGY_NAMES.items():
+    for ref in STRATEGY_NAMES.values():
         data = json.loads((source_dir / f"{ref}.json").read_text())
         for dataset in sorted(data):
             for model in sorted(data[dataset]):

@@ -8,7 +8,7 @@ import platform
 import resource
 import subprocess
 import uuid
-from datetime import datetime, timezone
+from datetime import UTC, datetime
 from importlib.metadata import PackageNotFoundError, version
 from typing import Any
 
@@ -30,7 +30,7 @@ def git_commit() -> str | None:
 
 
 def package_versions() -> str:
-    out = {}
+    out: dict[str, str | None] = {}
     for name in _PACKAGES:
         try:
             out[name] = version(name)
@@ -83,7 +83,7 @@ def row_identity(cfg: Any, spec: Any, card: Any, weights_label: str, key: str | 
     return {
         "row_id": uuid.uuid4().hex[:12],
         "run_key": key or run_key(cfg, spec.spec_hash(), card.card_hash(), weights_label, digest),
-        "created_at": datetime.now(timezone.utc).replace(tzinfo=None),  # naive UTC: DuckDB reads it without pytz
+        "created_at": datetime.now(UTC).replace(tzinfo=None),  # naive UTC: DuckDB reads it without pytz
         "model": spec.name,
         "model_spec_hash": spec.spec_hash(),
         "weights": weights_label,

@@ -3,14 +3,14 @@
 from __future__ import annotations
 
 import logging
-from typing import Literal
+from typing import Literal, get_args
 
-from harness.errors import RuntimeUnavailableError
+from harness.errors import ConfigError, RuntimeUnavailableError
+from harness.models.spec import ModelSpec
+from harness.models.weights import ResolvedWeights
 from harness.runtime.base import Runtime
 from harness.runtime.inprocess import InProcessRuntime
 from harness.runtime.local import LocalRuntime
-from harness.spec import ModelSpec
-from harness.weights import ResolvedWeights
 
 log = logging.getLogger("pfmbench.runtime")
 
@@ -30,8 +30,16 @@ def docker_available() -> tuple[bool, str]:
         return False, f"no Docker daemon answers ({type(exc).__name__})"
 
 
-def choose_runtime(name: RuntimeName) -> tuple[str, str]:
-    """Resolve ``auto`` to a concrete runtime name, with the reason to tell the user."""
+RUNTIMES: tuple[str, ...] = get_args(RuntimeName)
+
+
+def choose_runtime(name: str) -> tuple[str, str]:
+    """Resolve ``auto`` to a concrete runtime name, with the reason to tell the user.
+
+    ``endpoint`` (a server started elsewhere, ``--endpoint``) is accepted as it is.
+    """
+    if name not in (*RUNTIMES, "endpoint"):
+        raise ConfigError(f"unknown runtime '{name}'", f"use one of {', '.join(RUNTIMES)}")
     if name != "auto":
         return name, f"runtime {name} (asked for)"
     ok, why = docker_available()
@@ -59,4 +67,4 @@ def make_runtime(name: str, spec: ModelSpec, weights: ResolvedWeights, endpoint:
     raise RuntimeUnavailableError(f"unknown runtime '{name}'", "use one of auto, docker, local, inprocess")
 
 
-__all__ = ["Runtime", "RuntimeName", "choose_runtime", "make_runtime", "docker_available"]
+__all__ = ["RUNTIMES", "Runtime", "RuntimeName", "choose_runtime", "make_runtime", "docker_available"]

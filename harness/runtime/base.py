@@ -12,8 +12,8 @@ from types import TracebackType
 
 import numpy as np
 
-from harness.spec import ModelSpec
-from harness.weights import ResolvedWeights
+from harness.models.spec import ModelSpec
+from harness.models.weights import ResolvedWeights
 
 
 class Runtime(abc.ABC):
@@ -48,7 +48,7 @@ class Runtime(abc.ABC):
     @abc.abstractmethod
     def stop(self) -> None: ...
 
-    def __enter__(self) -> "Runtime":
+    def __enter__(self) -> Runtime:
         try:
             self.start()
         except BaseException:

@@ -5,7 +5,7 @@ every exit path. Triton's ports are published on 127.0.0.1 only, on ports Docker
 The container shares the host's IPC namespace so the client's shared-memory regions are
 visible to the server (a private /dev/shm makes registration fail); it runs as the
 image's non-root user; weights are mounted read-only. No hub token ever enters the
-container: weights were resolved on the host (``harness.weights``).
+container: weights were resolved on the host (``harness.models.weights``).
 """
 
 from __future__ import annotations
@@ -14,14 +14,15 @@ import logging
 import secrets
 import time
 import uuid
+from typing import Unpack
 
 from harness import constants
-from harness.client.triton import Transfer
 from harness.errors import ServerError
-from harness.images import docker_client, ensure_image, image_identity
-from harness.runtime.served import ServedRuntime
-from harness.spec import ModelSpec
-from harness.weights import ResolvedWeights
+from harness.models.spec import ModelSpec
+from harness.models.weights import ResolvedWeights
+from harness.runtime.images import docker_client, ensure_image, image_identity
+from harness.runtime.owners import RUN_LABEL, owner_labels, reap_orphan_containers
+from harness.runtime.served import ServedOptions, ServedRuntime
 
 log = logging.getLogger("pfmbench.runtime")
 
@@ -33,15 +34,8 @@ WEIGHTS_MOUNT = "/weights"
 class DockerRuntime(ServedRuntime):
     name = "docker"
 
-    def __init__(
-        self,
-        spec: ModelSpec,
-        weights: ResolvedWeights,
-        startup_timeout_s: float = 180.0,
-        transfer: Transfer = "auto",
-        image: str | None = None,
-    ) -> None:
-        super().__init__(spec, weights, startup_timeout_s, transfer)
+    def __init__(self, spec: ModelSpec, weights: ResolvedWeights, image: str | None = None, **options: Unpack[ServedOptions]) -> None:
+        super().__init__(spec, weights, **options)
         self.image_ref = image
         self.container = None
         self._digest: str | None = None
@@ -53,6 +47,7 @@ class DockerRuntime(ServedRuntime):
 
     def start(self) -> None:
         client = docker_client()
+        reap_orphan_containers(client)
         image = client.images.get(self.image_ref) if self.image_ref else ensure_image(self.spec.name)
         self._digest = image_identity(image)
         token = secrets.token_hex(16)
@@ -67,7 +62,7 @@ class DockerRuntime(ServedRuntime):
                      "--init-seed", str(self.weights.init_seed), "--host", "0.0.0.0", "--grpc-port", str(GRPC_PORT), "--http-port", str(HTTP_PORT)],
             name=name, detach=True, environment={constants.TOKEN_ENV: token},
             ports={f"{GRPC_PORT}/tcp": ("127.0.0.1", None), f"{HTTP_PORT}/tcp": ("127.0.0.1", None)},
-            ipc_mode="host", volumes=volumes, labels={"org.pfmbench.run": name, "org.pfmbench.model": self.spec.name},
+            ipc_mode="host", volumes=volumes, labels={RUN_LABEL: name, "org.pfmbench.model": self.spec.name, **owner_labels()},
         )
         log.info("container %s from %s", name, self._digest)
         self._connect(f"127.0.0.1:{self._published_port(GRPC_PORT)}", token, http_url=f"127.0.0.1:{self._published_port(HTTP_PORT)}")
@@ -75,6 +70,7 @@ class DockerRuntime(ServedRuntime):
 
     def _published_port(self, port: int) -> int:
         deadline = time.monotonic() + 30
+        assert self.container is not None
         while time.monotonic() < deadline:
             self.container.reload()
             bindings = (self.container.attrs["NetworkSettings"]["Ports"] or {}).get(f"{port}/tcp")
@@ -83,7 +79,7 @@ class DockerRuntime(ServedRuntime):
             if self.container.status == "exited":
                 break
             time.sleep(0.1)
-        raise ServerError(f"container for '{self.spec.name}' published no port; log tail: {self.logs(5)}", "see 'docker logs' of the container")
+        raise ServerError(f"container for '{self.spec.name}' published no port; log tail: {self.logs(5)}", "the log tail above is the container's; it is removed on exit")
 
     def alive(self) -> bool:
         if self.container is None:
@@ -108,7 +104,7 @@ class DockerRuntime(ServedRuntime):
 
     @property
     def where_logs(self) -> str:
-        return f"'docker logs {self.container.name}'" if self.container else "the container log"
+        return "the log tail above (the container is removed on exit)"
 
     def stop(self) -> None:
         self._close_client()

@@ -8,15 +8,14 @@ shares this machine's /dev/shm.
 
 from __future__ import annotations
 
-import os
 import time
 
 from harness import constants
 from harness.client.triton import Transfer
 from harness.errors import ServerError
+from harness.models.spec import ModelSpec
+from harness.models.weights import ResolvedWeights
 from harness.runtime.served import ServedRuntime
-from harness.spec import ModelSpec
-from harness.weights import ResolvedWeights
 
 
 class EndpointRuntime(ServedRuntime):
@@ -27,8 +26,9 @@ class EndpointRuntime(ServedRuntime):
         self.endpoint = endpoint
 
     def start(self) -> None:
-        self._connect(self.endpoint, os.environ.get(constants.TOKEN_ENV))
+        self._connect(self.endpoint, constants.triton_token())
         deadline = time.monotonic() + self.startup_timeout_s  # a server just started may still be loading
+        assert self.client is not None
         while not self.client.ready():
             if time.monotonic() > deadline:
                 raise ServerError(f"no ready '{constants.TRITON_MODEL}' model at {self.endpoint} after {self.startup_timeout_s:.0f} s", f"start the server (e.g. docker-compose -f compose/serve.yml up -d {self.spec.name}) or fix --endpoint")

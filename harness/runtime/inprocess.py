@@ -5,10 +5,10 @@ from __future__ import annotations
 import numpy as np
 import torch
 
-from harness.engines import Extracts, build_engine
+from harness.models.spec import ModelSpec
+from harness.models.weights import ResolvedWeights
 from harness.runtime.base import Runtime
-from harness.spec import ModelSpec
-from harness.weights import ResolvedWeights
+from harness.serve.engines import Extracts, build_engine
 
 
 class InProcessRuntime(Runtime):

@@ -20,12 +20,12 @@ import sysconfig
 import tempfile
 import time
 from pathlib import Path
+from typing import Unpack
 
 from harness import constants
-from harness.client.triton import Transfer
-from harness.runtime.served import ServedRuntime
-from harness.spec import ModelSpec
-from harness.weights import ResolvedWeights
+from harness.models.spec import ModelSpec
+from harness.models.weights import ResolvedWeights
+from harness.runtime.served import ServedOptions, ServedRuntime
 
 log = logging.getLogger("pfmbench.runtime")
 
@@ -79,16 +79,9 @@ def log_tail(path: Path, lines: int = 15) -> str:
 class LocalRuntime(ServedRuntime):
     name = "local"
 
-    def __init__(
-        self,
-        spec: ModelSpec,
-        weights: ResolvedWeights,
-        startup_timeout_s: float = 180.0,
-        transfer: Transfer = "auto",
-        device: str | None = None,
-        engine: str = "torch",
-    ) -> None:
-        super().__init__(spec, weights, startup_timeout_s, transfer)
+    def __init__(self, spec: ModelSpec, weights: ResolvedWeights, device: str | None = None, engine: str = "torch",
+                 **options: Unpack[ServedOptions]) -> None:
+        super().__init__(spec, weights, **options)
         self.device = device
         self.engine = engine
         self.proc: subprocess.Popen[bytes] | None = None

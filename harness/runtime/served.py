@@ -10,18 +10,28 @@ from __future__ import annotations
 
 import abc
 import time
+from typing import TypedDict
 
 import numpy as np
 
+from harness import constants
 from harness.client.triton import FeatureClient, Transfer
 from harness.errors import ServerDiedError, ServerError
+from harness.models.spec import ModelSpec
+from harness.models.weights import ResolvedWeights
 from harness.runtime.base import Runtime
-from harness.spec import ModelSpec
-from harness.weights import ResolvedWeights
+
+
+class ServedOptions(TypedDict, total=False):
+    """How any served runtime talks to its server (subclasses add where the server runs)."""
+
+    startup_timeout_s: float
+    transfer: Transfer
 
 
 class ServedRuntime(Runtime):
-    def __init__(self, spec: ModelSpec, weights: ResolvedWeights, startup_timeout_s: float = 180.0, transfer: Transfer = "auto") -> None:
+    def __init__(self, spec: ModelSpec, weights: ResolvedWeights, startup_timeout_s: float = constants.STARTUP_TIMEOUT_S,
+                 transfer: Transfer = "auto") -> None:
         super().__init__(spec, weights)
         self.startup_timeout_s = startup_timeout_s
         self._transfer = transfer
@@ -70,7 +80,7 @@ class ServedRuntime(Runtime):
         raise ServerError(
             f"the model server for '{self.spec.name}' did not become healthy within {self.startup_timeout_s:.0f} s; "
             f"log tail: {' | '.join(self.logs(5).splitlines())}",
-            f"see {self.where_logs}; a large model on CPU may need a longer startup timeout",
+            f"see {self.where_logs}; a large model on a CPU may need longer: set PFMBENCH_STARTUP_TIMEOUT=<seconds>",
         )
 
     def health(self) -> bool:

@@ -4,18 +4,18 @@ from __future__ import annotations
 
 import argparse
 import logging
-import os
 
+from harness import constants
+from harness.models.spec import get_spec
 from harness.serve.server import serve
-from harness.spec import get_spec
 
 
 def main(argv: list[str] | None = None) -> None:
     p = argparse.ArgumentParser(prog="python -m harness.serve", description="Serve a PFM's token features over Triton.")
-    p.add_argument("--model", default=os.environ.get("PFMBENCH_MODEL"), required=os.environ.get("PFMBENCH_MODEL") is None)
+    p.add_argument("--model", default=constants.SERVE_MODEL, required=constants.SERVE_MODEL is None)
     p.add_argument("--weights", default="random", help="random | hub | path to a checkpoint file or directory")
     p.add_argument("--init-seed", type=int, default=0)
-    p.add_argument("--host", default=os.environ.get("PFMBENCH_BIND", "127.0.0.1"))
+    p.add_argument("--host", default=constants.SERVE_BIND)
     p.add_argument("--http-port", type=int, default=8000)
     p.add_argument("--grpc-port", type=int, default=8001)
     p.add_argument("--metrics-port", type=int, default=8002)

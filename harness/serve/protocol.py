@@ -10,7 +10,7 @@ from __future__ import annotations
 
 import numpy as np
 
-from harness.spec import ModelSpec
+from harness.models.spec import ModelSpec
 
 IMAGES, BLOCKS, TOKENS, CLS = "images", "blocks", "tokens", "cls"
 MAX_BATCH = 64

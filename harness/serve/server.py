@@ -8,17 +8,16 @@ also when the server is PID 1 in a container, which otherwise ignores SIGTERM.
 from __future__ import annotations
 
 import logging
-import os
 import signal
 
 import numpy as np
 import torch
 
 from harness import constants
-from harness.engines import build_engine
+from harness.models.spec import ModelSpec
+from harness.models.weights import ResolvedWeights, resolve_weights
 from harness.serve import protocol
-from harness.spec import ModelSpec
-from harness.weights import ResolvedWeights, resolve_weights
+from harness.serve.engines import build_engine
 
 log = logging.getLogger("pfmbench.serve")
 
@@ -58,7 +57,7 @@ def serve(
     device = device or ("cuda" if torch.cuda.is_available() else "cpu")
     resolved = resolve_weights(spec, weights, init_seed=init_seed)
     infer = make_infer_fn(spec, resolved, device, engine)
-    token = os.environ.get(constants.TOKEN_ENV)
+    token = constants.triton_token()
     security = TritonSecurityConfig(access_token=token) if token else TritonSecurityConfig(restricted_endpoints=[])
     config = TritonConfig(
         http_address=host, grpc_address=host, metrics_address=host,

@@ -15,6 +15,7 @@ whose worker dies comes back to the driver as a failure, to be retried like any 
 from __future__ import annotations
 
 import json
+import logging
 import os
 import subprocess
 import sys
@@ -40,6 +41,12 @@ class Attempt:
     wall_s: float
     where: str = ""  # node that ran it
     note: str = ""  # e.g. "resuming run ... at epoch 3 of 4" when a training job picked up its checkpoint
+
+
+def failed_attempt(exc: BaseException, wall_s: float = 0.0) -> Attempt:
+    """A failed attempt from an exception in the driver (a server that would not start, a lost Ray worker): its first line."""
+    first = str(exc).splitlines()[0] if str(exc) else ""
+    return Attempt(False, None, f"{type(exc).__name__}: {first}"[:300], wall_s)
 
 
 def job_command(job: Job, results_dir: Path, data_dir: Path | None, endpoint: str | None = None) -> list[str]:
@@ -113,9 +120,9 @@ class LocalExecutor:
             return runtime
         if runtime is not None:
             runtime.stop()  # type: ignore[attr-defined]
+        from harness.models.spec import get_spec
+        from harness.models.weights import resolve_weights
         from harness.runtime import make_runtime
-        from harness.spec import get_spec
-        from harness.weights import resolve_weights
 
         spec = get_spec(cfg.model)
         runtime = make_runtime(cfg.runtime, spec, resolve_weights(spec, cfg.weights, cfg.init_seed))
@@ -130,11 +137,11 @@ class LocalExecutor:
             job = self.pending.popleft()
             try:
                 server = self._server(job)
-            except Exception as exc:  # noqa: BLE001 - the server would not start: a failed attempt, retried by the driver
-                self.unstarted.append((job, Attempt(False, None, f"{type(exc).__name__}: {exc}"[:300], 0.0)))
+            except Exception as exc:
+                self.unstarted.append((job, failed_attempt(exc)))
                 continue
             env = {constants.TOKEN_ENV: server.token or ""} if server is not None else {}
-            cmd = job_command(job, self.results_dir, self.data_dir, server.url if server is not None else None)  # type: ignore[union-attr]
+            cmd = job_command(job, self.results_dir, self.data_dir, server.url if server is not None else None)
             self.futures[self.pool.submit(run_attempt, cmd, env, self.timeout_s, self.live)] = job
 
     def submit(self, job: Job) -> None:
@@ -149,8 +156,8 @@ class LocalExecutor:
                 job = self.futures.pop(f)
                 try:
                     out.append((job, f.result()))
-                except Exception as exc:  # noqa: BLE001 - an attempt that could not even start
-                    out.append((job, Attempt(False, None, f"{type(exc).__name__}: {exc}"[:300], 0.0)))
+                except Exception as exc:
+                    out.append((job, failed_attempt(exc)))
         elif not out:
             time.sleep(min(timeout_s, 0.1))
         self._dispatch()
@@ -185,7 +192,7 @@ class RayExecutor:
         self.ray = ray
         self.results_dir, self.data_dir, self.timeout_s = results_dir, data_dir, timeout_s
         if not ray.is_initialized():
-            ray.init(address=address, include_dashboard=False, logging_level="ERROR", log_to_driver=False)
+            ray.init(address=address, include_dashboard=False, logging_level=logging.ERROR, log_to_driver=False)
         self.remote = ray.remote(num_cpus=cpus_per_job, num_gpus=gpus_per_job, max_retries=0)(_ray_attempt)
         self.refs: dict[object, Job] = {}
 
@@ -205,8 +212,8 @@ class RayExecutor:
                 data = json.loads(self.ray.get(ref))
                 data["row"] = None if data["row"] is None else ResultRow.model_validate(data["row"])
                 out.append((job, Attempt(**data)))
-            except Exception as exc:  # noqa: BLE001 - the worker died (killed, out of memory) or the node went away
-                out.append((job, Attempt(False, None, f"{type(exc).__name__}: {str(exc).splitlines()[0] if str(exc) else ''}"[:300], 0.0)))
+            except Exception as exc:
+                out.append((job, failed_attempt(exc)))
         return out
 
     def model_done(self, model: str) -> None:
@@ -223,3 +230,15 @@ def _ray_attempt(cmd: list[str], env: dict[str, str] | None, timeout_s: float | 
     a = run_attempt(cmd, env, timeout_s)
     return json.dumps({"ok": a.ok, "row": None if a.row is None else a.row.model_dump(mode="json"), "reason": a.reason,
                        "wall_s": a.wall_s, "where": a.where, "note": a.note})
+
+
+def make_executor(name: str, results_dir: Path, data_dir: Path | None, concurrency: int = 1, timeout_s: float | None = None,
+                  address: str | None = None, cpus_per_job: float = 1.0, gpus_per_job: float = 0.0) -> LocalExecutor | RayExecutor:
+    """The executor ``pfmbench sweep --executor`` names; the local one ignores the Ray options and vice versa."""
+    from harness.errors import ConfigError
+
+    if name == "local":
+        return LocalExecutor(results_dir, data_dir, concurrency=concurrency, timeout_s=timeout_s)
+    if name == "ray":
+        return RayExecutor(results_dir, data_dir, address=address, cpus_per_job=cpus_per_job, gpus_per_job=gpus_per_job, timeout_s=timeout_s)
+    raise ConfigError(f"unknown executor '{name}'", "use local or ray")

@@ -73,16 +73,13 @@ class Job:
 
 def expand(spec: SweepSpec) -> list[Job]:
     """Every cell of the grid as a resolved job (configs validated up front: a typo fails before anything runs)."""
-    from harness.bench import plan_run, resolve_config
+    from harness.run.plan import expand_grid, plan_run
 
     jobs: dict[str, Job] = {}
-    for model in spec.models:
-        for dataset in spec.datasets:
-            for strategy in spec.strategies:
-                for seed in spec.seeds:
-                    cfg, _ = resolve_config(model, dataset, runtime=spec.runtime, preset=spec.preset, strategy=strategy,
-                                            weights=spec.weights, seed=seed, **spec.overrides)
-                    key = plan_run(cfg).run_key
-                    assert key is not None
-                    jobs.setdefault(key, Job(cfg, key, f"{model} / {dataset} / {strategy} / {seed}"))
+    for cfg, _ in expand_grid("segmentation", spec.models, spec.datasets, spec.strategies, spec.seeds, runtime=spec.runtime,
+                              preset=spec.preset, weights=spec.weights, **spec.overrides):
+        assert isinstance(cfg, RunConfig)
+        key = plan_run(cfg).run_key
+        assert key is not None
+        jobs.setdefault(key, Job(cfg, key, f"{cfg.model} / {cfg.dataset} / {cfg.strategy} / {cfg.seed}"))
     return list(jobs.values())

@@ -7,7 +7,7 @@ import time
 from rich.live import Live
 from rich.table import Table
 
-from harness.progress import stderr
+from harness.util.progress import stderr
 
 _STYLE = {"done": "green", "skipped": "dim", "failed": "red", "running": "yellow", "queued": ""}
 
@@ -20,7 +20,7 @@ class LiveTable:
         self.started = time.monotonic()
         self.live = Live(console=stderr, refresh_per_second=2, transient=False) if show else None
 
-    def __enter__(self) -> "LiveTable":
+    def __enter__(self) -> LiveTable:
         if self.live:
             self.live.__enter__()
         return self

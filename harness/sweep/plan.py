@@ -23,7 +23,7 @@ from __future__ import annotations
 
 import json
 from dataclasses import dataclass
-from functools import lru_cache
+from functools import cache
 from pathlib import Path
 
 from harness.sweep.grid import Job, SweepSpec, expand
@@ -37,6 +37,7 @@ _TRAIN_PASSES = {"frozen": 0.0, "cnn_adapter": 1.0, "transformer_adapter": 1.0, 
 @dataclass
 class JobEstimate:
     label: str
+    strategy: str
     images: int
     forwards: int  # forward-equivalents through the backbone
     hours: float
@@ -49,10 +50,24 @@ class SweepEstimate:
     total_hours: float
     wall_hours: float
 
+    @property
+    def longest_hours(self) -> float:
+        return max((j.hours for j in self.jobs), default=0.0)
 
-@lru_cache(maxsize=None)
+    def by_strategy(self) -> dict[str, list[JobEstimate]]:
+        """The jobs grouped by strategy, in the grid's order."""
+        out: dict[str, list[JobEstimate]] = {}
+        for j in self.jobs:
+            out.setdefault(j.strategy, []).append(j)
+        return out
+
+    def most_expensive(self, n: int = 10) -> list[JobEstimate]:
+        return sorted(self.jobs, key=lambda j: -j.hours)[:n]
+
+
+@cache
 def _flops(model: str, size: int) -> float:
-    from harness.zoo_perf import count_flops
+    from harness.perf.zoo import count_flops
 
     return count_flops(model, size)
 
@@ -68,7 +83,7 @@ def _seconds_per_image(job: Job, size: int, perf: dict[str, dict] | None) -> flo
 
 def estimate_job(job: Job, perf: dict[str, dict] | None) -> JobEstimate:
     from harness.data.cards import get_card
-    from harness.spec import get_spec
+    from harness.models.spec import get_spec
 
     card, spec = get_card(job.config.dataset), get_spec(job.model)
     n = card.expected.files or 0
@@ -79,11 +94,14 @@ def estimate_job(job: Job, perf: dict[str, dict] | None) -> JobEstimate:
         forwards = n
     else:
         forwards = round(cfg.epochs * (train * _TRAIN_PASSES[cfg.strategy] + val) + test)
-    return JobEstimate(job.label, n, forwards, forwards * _seconds_per_image(job, size, perf) / 3600)
+    return JobEstimate(job.label, cfg.strategy, n, forwards, forwards * _seconds_per_image(job, size, perf) / 3600)
 
 
 def plan_sweep(spec: SweepSpec, perf_json: Path | None = None, devices: int = 1, overhead_s: float = JOB_OVERHEAD_S) -> SweepEstimate:
-    """Estimated device-hours of every job (compute plus ``overhead_s``), and the wall time spread over ``devices``."""
+    """Estimated device-hours of every job (compute plus ``overhead_s``), and the wall time spread over ``devices``.
+
+    The wall time is never below the longest job: one job runs on one device.
+    """
     perf = None
     basis = f"FLOPs at {EFFECTIVE_TFLOPS:.0f} TFLOP/s effective (eager bf16 on an H100)"
     if perf_json is not None:
@@ -95,4 +113,5 @@ def plan_sweep(spec: SweepSpec, perf_json: Path | None = None, devices: int = 1,
     for j in jobs:
         j.hours += overhead_s / 3600
     total = sum(j.hours for j in jobs)
-    return SweepEstimate(jobs, basis, total, total / max(1, devices))
+    longest = max((j.hours for j in jobs), default=0.0)
+    return SweepEstimate(jobs, basis, total, max(total / max(1, devices), longest))

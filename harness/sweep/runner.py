@@ -22,13 +22,14 @@ import tempfile
 import time
 from collections.abc import Callable
 from dataclasses import dataclass, field
-from datetime import datetime, timezone
+from datetime import UTC, datetime
 from pathlib import Path
 
 from harness import constants
 from harness.errors import ResultsError
+from harness.results.claims import claim
 from harness.results.store import find_run, rows_dir, write_row
-from harness.sweep.executors import Attempt
+from harness.sweep.executors import Attempt, failed_attempt
 from harness.sweep.grid import Job, SweepSpec, expand
 
 
@@ -74,13 +75,13 @@ class _Events:
         self.path = path
 
     def __call__(self, state: JobState, event: str, **extra: object) -> None:
-        rec = {"time": datetime.now(timezone.utc).isoformat(timespec="seconds"), "event": event, "run_key": state.job.run_key,
+        rec = {"time": datetime.now(UTC).isoformat(timespec="seconds"), "event": event, "run_key": state.job.run_key,
                "job": state.job.label, "attempt": state.attempts, **extra}
         with self.path.open("a") as f:
             f.write(json.dumps(rec) + "\n")
 
 
-def run_sweep(spec: SweepSpec, executor, results_dir: Path | None = None,  # noqa: ANN001 - LocalExecutor | RayExecutor
+def run_sweep(spec: SweepSpec, executor, results_dir: Path | None = None,
               on_change: Callable[[list[JobState]], None] | None = None, poll_s: float = 0.5) -> SweepResult:
     """Run every job of ``spec`` that has no row yet on ``executor``; returns the final states."""
     started = time.perf_counter()
@@ -136,15 +137,15 @@ def run_sweep(spec: SweepSpec, executor, results_dir: Path | None = None,  # noq
     return SweepResult(spec.sweep_id(), states, time.perf_counter() - started, events.path, overhead)
 
 
-def _submit(executor, state: JobState, events: _Events, failed: list[tuple[Job, Attempt]]) -> None:  # noqa: ANN001
+def _submit(executor, state: JobState, events: _Events, failed: list[tuple[Job, Attempt]]) -> None:
     state.attempts += 1
     state.status = "running"
     state.submitted = time.monotonic()
     events(state, "started")
     try:
         executor.submit(state.job)
-    except Exception as exc:  # noqa: BLE001 - e.g. the shared server would not start: a failed attempt, retried like any other
-        failed.append((state.job, Attempt(False, None, f"{type(exc).__name__}: {exc}"[:300], 0.0)))
+    except Exception as exc:
+        failed.append((state.job, failed_attempt(exc)))
 
 
 def _store(attempt: Attempt, results: Path) -> str:
@@ -153,9 +154,10 @@ def _store(attempt: Attempt, results: Path) -> str:
 
     row = attempt.row
     assert row is not None
-    existing = find_run(row.run_key, results)
-    if existing is not None:
-        return existing.row_id
-    write_row(row, results)
+    with claim(row.run_key, results):  # a bench of the same key may be writing it right now
+        existing = find_run(row.run_key, results)
+        if existing is not None:
+            return existing.row_id
+        write_row(row, results)
     finish_run_dir(row.run_key, results)
     return row.row_id

@@ -67,13 +67,14 @@ def parse_event(line: str) -> dict | None:
 def run_job(run_dir: Path, emit: EventFn = stdout_events) -> ResultRow:
     """Train, select, test and write ``result.json``; resumes from ``checkpoint.pt`` if there is one."""
     from harness.adapt.strategies import build_segmenter, trainable_state
-    from harness.bench import load_splits, make_row, score_test
-    from harness.builders import build_extractor
     from harness.data.cards import DatasetCard
-    from harness.spec import get_spec, resolve_blocks
+    from harness.models.builders import build_extractor
+    from harness.models.spec import get_spec, resolve_blocks
+    from harness.models.weights import ResolvedWeights
+    from harness.run.scoring import load_splits, make_row, score_test
     from harness.train.adapted import predict, predict_logits, train_adapted
-    from harness.train.checkpoint import save_checkpoint, write_json_atomic
-    from harness.weights import ResolvedWeights
+    from harness.train.checkpoint import save_checkpoint
+    from harness.util.atomic import atomic_write_json
 
     started = time.perf_counter()
     job = JobSpec.model_validate_json((run_dir / JOB_FILE).read_text())
@@ -103,7 +104,7 @@ def run_job(run_dir: Path, emit: EventFn = stdout_events) -> ResultRow:
     row = make_row(cfg, spec, card, job.weights_label, blocks, size, data, report, result.best_epoch, result.best_val,
                    transfer="none", digest=job.image_digest, wall=result.earlier_wall_s + time.perf_counter() - started,
                    instance_scores=instances, trainable=result.trainable, step_s=result.step_s, key=job.run_key)
-    write_json_atomic(row.model_dump(mode="json"), done)
+    atomic_write_json(done, row.model_dump(mode="json"))
     emit("done", {"mDice": row.mDice, "best_epoch": row.best_epoch})
     return row
 

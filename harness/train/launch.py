@@ -23,22 +23,17 @@ from collections.abc import Callable, Iterable
 from pathlib import Path
 
 from harness import constants
-from harness.errors import PfmbenchError
-from harness.progress import progress_bar
+from harness.config import RunConfig
+from harness.errors import PfmbenchError, TrainJobError
 from harness.results.schema import ResultRow
+from harness.run.plan import Plan
 from harness.runtime.local import die_with_parent, stop_group
-from harness.train.checkpoint import write_json_atomic
+from harness.runtime.owners import RUN_LABEL, owner_labels, reap_orphan_containers
 from harness.train.job import CHECKPOINT_FILE, JOB_FILE, RESULT_FILE, JobSpec, parse_event, run_job
+from harness.util.atomic import atomic_write_json
+from harness.util.progress import progress_bar
 
 log = logging.getLogger("pfmbench.train")
-
-
-class TrainJobError(PfmbenchError):
-    def __init__(self, where: str, returncode: int | None, tail: str) -> None:
-        last = tail.strip().splitlines()[-1].removeprefix("error: ") if tail.strip() else "no output"
-        super().__init__(f"training job ({where}) exited with status {returncode}: {last}",
-                         "read the job log above; the same command resumes from the last checkpoint")
-        self.tail = tail
 
 
 def run_dir_for(run_key: str, results_dir: Path | None = None) -> Path:
@@ -76,14 +71,11 @@ def _run_local(run_dir: Path, on_event: Callable[[dict], None]) -> None:
 
 
 def _run_docker(run_dir: Path, job: JobSpec, mounts: list[tuple[Path, str]], image: str, on_event: Callable[[dict], None]) -> None:
-    from harness.images import docker_client
+    from harness.runtime.images import docker_client
 
     client = docker_client()
+    reap_orphan_containers(client)  # a container left by a harness that was killed: the run resumes from its checkpoint instead
     name = f"pfmbench-train-{job.run_key[:16]}"
-    try:  # a container left by a harness that was killed: the run resumes from its checkpoint instead
-        client.containers.get(name).remove(force=True)
-    except Exception:
-        pass
     volumes = {str(p): {"bind": str(p), "mode": mode} for p, mode in mounts}
     gpus = []
     if (job.device or "").startswith("cuda"):  # PFMBENCH_DEVICE=cuda: hand the GPUs to the container (nvidia runtime)
@@ -93,7 +85,7 @@ def _run_docker(run_dir: Path, job: JobSpec, mounts: list[tuple[Path, str]], ima
     container = client.containers.run(
         image, command=_job_command(run_dir, "python"), name=name, detach=True, volumes=volumes, network_mode="none",
         user=f"{os.getuid()}:{os.getgid()}", environment={"HOME": "/tmp", "PYTHONUNBUFFERED": "1"}, ipc_mode="private",
-        labels={"org.pfmbench.run": name, "org.pfmbench.model": job.config.model}, device_requests=gpus,
+        labels={RUN_LABEL: name, "org.pfmbench.model": job.config.model, **owner_labels()}, device_requests=gpus,
     )
     tail: collections.deque = collections.deque(maxlen=40)
     try:
@@ -114,7 +106,7 @@ def _run_docker(run_dir: Path, job: JobSpec, mounts: list[tuple[Path, str]], ima
         raise TrainJobError(f"container {name}", status, "\n".join(tail))
 
 
-def run_training_job(plan, results_dir: Path | None, data_dir: Path | None, show_progress: bool, image: str | None = None,  # noqa: ANN001 - Plan
+def run_training_job(plan: Plan, results_dir: Path | None, data_dir: Path | None, show_progress: bool, image: str | None = None,
                      fresh: bool = False) -> ResultRow:
     """Run (or resume, or just collect) the training job of ``plan``; returns its row (not yet stored).
 
@@ -123,7 +115,7 @@ def run_training_job(plan, results_dir: Path | None, data_dir: Path | None, show
     from harness.data.loader import dataset_root
 
     cfg = plan.cfg
-    assert plan.run_key is not None
+    assert isinstance(cfg, RunConfig) and plan.run_key is not None
     run_dir = run_dir_for(plan.run_key, results_dir).absolute()
     run_dir.mkdir(parents=True, exist_ok=True)
     if fresh:
@@ -133,8 +125,8 @@ def run_training_job(plan, results_dir: Path | None, data_dir: Path | None, show
     source = dataset_root(plan.card, data_root).absolute()  # generates a built-in sample now, on the host
     weights = "random" if plan.weights.path is None else str(plan.weights.path.absolute())
     job = JobSpec(config=cfg, run_key=plan.run_key, weights=weights, weights_label=plan.weights.label, data_dir=str(data_root), card=plan.card.model_dump(mode="json"),
-                  image_digest=plan.image_digest, device=os.environ.get("PFMBENCH_DEVICE"))
-    write_json_atomic(job.model_dump(mode="json"), run_dir / JOB_FILE)
+                  image_digest=plan.image_digest, device=constants.DEVICE)
+    atomic_write_json(run_dir / JOB_FILE, job.model_dump(mode="json"))
     resuming = (run_dir / CHECKPOINT_FILE).is_file() and not (run_dir / RESULT_FILE).is_file()
 
     with progress_bar(show_progress) as bar:
@@ -162,7 +154,7 @@ def run_training_job(plan, results_dir: Path | None, data_dir: Path | None, show
                 mounts.append((source, "ro"))
             if plan.weights.path is not None:
                 mounts.append((plan.weights.path.absolute(), "ro"))
-            from harness.images import docker_client, ensure_image
+            from harness.runtime.images import docker_client, ensure_image
 
             img = docker_client().images.get(image) if image else ensure_image(plan.spec.name)
             _run_docker(run_dir, job, mounts, img.id, on_event)

@@ -1,0 +1,96 @@
+"""Reading rows back: ``results`` (a table or any DuckDB SQL), ``report`` (leaderboard and page), ``reproduce`` (re-run one)."""
+
+from __future__ import annotations
+
+from pathlib import Path
+from typing import Annotated, Any, Optional
+
+import typer
+from rich.table import Table
+
+from harness.cli._app import app
+from harness.cli._common import DataDirOpt, ResultsOpt, out, results_location
+
+
+def _cell(v: Any) -> str:
+    if isinstance(v, float):
+        return f"{v:.4f}"
+    if isinstance(v, str) and v.startswith("sha256:"):
+        return "sha256:" + v[7:19] + "..."
+    return str(v)
+
+
+@app.command()
+def results(
+    results_dir: ResultsOpt = None,
+    sql: Annotated[Optional[str], typer.Option(help="DuckDB SQL over the view 'rows'.")] = None,
+) -> None:
+    """Print the result rows as a table."""
+    from harness.results.store import SUMMARY_SQL, query
+
+    rel = query(sql or SUMMARY_SQL, results_dir)
+    if rel is None:
+        out.print(f"no result rows in {results_location(results_dir)} yet; run 'pfmbench bench' first")
+        return
+    t = Table()
+    for col in rel.columns:
+        t.add_column(col)
+    for r in rel.fetchall():
+        t.add_row(*[_cell(v) for v in r])
+    out.print(t)
+
+
+@app.command(epilog="Example: pfmbench report --out report/ && open report/report.html")
+def report(
+    results_dir: ResultsOpt = None,
+    out_dir: Annotated[Path, typer.Option("--out", help="Where report.html, leaderboard.csv and the PNG figures go.")] = Path("report"),
+    metric: Annotated[str, typer.Option(help="Ranking metric: mDice (the reference's headline) | mIoU | pixel_accuracy.")] = "mDice",
+) -> None:
+    """Leaderboard per dataset and strategy with CIs and average ranks, figures, and the difference to published numbers.
+
+    Rows with untrained (random) weights are marked and never compared to published numbers.
+    """
+    from harness.report.html import build_report
+
+    files = build_report(results_dir, out_dir, metric)
+    board = files.board
+    t = Table(title=f"average rank by {metric} (1 = best; random-weight entries ranked among themselves)")
+    for col in ("model", "strategy", "preset", "weights", "avg rank", "datasets"):
+        t.add_column(col, justify="right" if col in ("avg rank", "datasets") else "left")
+    for r in board.ranks:
+        t.add_row(r.model, r.strategy, r.preset, "random" if r.random else "real", f"{r.average_rank:.2f}", str(r.datasets))
+    out.print(t)
+    for (dataset, strategy, preset), entries in board.groups().items():
+        g = Table(title=f"{dataset} / {strategy} ({preset})")
+        for col in ("rank", "model", "weights", metric, "95% CI", "published", "delta"):
+            g.add_column(col, justify="left" if col in ("model", "weights") else "right")
+        for e in entries:
+            pub = "not compared" if e.random else ("-" if e.published is None else f"{e.published.mean:.4f}")
+            g.add_row(f"{e.rank:g}", e.model, "random" if e.random else e.weights[:19], f"{e.value:.4f}", f"{e.ci_low:.4f} - {e.ci_high:.4f}",
+                      pub, "" if e.delta is None else f"{e.delta:+.4f}")
+        out.print(g)
+    out.print(f"wrote {files.html} (self-contained), {files.csv} and {', '.join(p.name for p in files.pngs)}")
+
+
+@app.command(epilog="Example: pfmbench reproduce 3f2a9c1e07bd")
+def reproduce(
+    row_id: Annotated[str, typer.Argument(help="The row to re-run (see 'pfmbench results').")],
+    results_dir: ResultsOpt = None,
+    data_dir: DataDirOpt = None,
+    write: Annotated[bool, typer.Option(help="Also append the new row to the store.")] = False,
+) -> None:
+    """Re-run a row's configuration in the image it ran in (pulled by digest if missing) and print the deltas; exit 2 if they differ."""
+    from harness.run.reproduce import reproduce as run_reproduce
+
+    done = run_reproduce(row_id, results_dir=results_dir, data_dir=data_dir, write=write, log=lambda m: out.print(f"[dim]{m}[/dim]"))
+    old, new = done.old, done.new
+    t = Table(title=f"reproduce {row_id}: {old['model']} on {old['dataset']} ({new.runtime}, {new.image_digest or 'no image'})")
+    for col in ("metric", "stored", "now", "delta"):
+        t.add_column(col, justify="right" if col != "metric" else "left")
+    for m, was, now in done.deltas():
+        both = was is not None and now is not None
+        t.add_row(m, _cell(was), _cell(now), f"{now - was:+.2e}" if both else "-")  # type: ignore[operator]
+    out.print(t)
+    out.print("[green]identical metrics[/green]" if done.identical else "[yellow]metrics differ[/yellow]")
+    if not done.identical:
+        raise typer.Exit(2)

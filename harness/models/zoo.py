@@ -1,0 +1,45 @@
+"""The model zoo at a glance: each spec, whether its image is built, whether its weights are here.
+
+``pfmbench models`` prints this; it only looks (a Docker query, a cache lookup) and
+never builds or downloads.
+"""
+
+from __future__ import annotations
+
+from dataclasses import dataclass
+
+from harness.models.spec import ModelSpec, get_spec, list_models
+
+
+@dataclass(frozen=True)
+class ZooEntry:
+    spec: ModelSpec
+    image: str  # "yes" | "no" | "?" (no Docker daemon)
+    weights: str  # "yes" | "no"
+
+
+def _built_images() -> set[str] | None:
+    """Tags of local images, or None when no daemon answers (one connection, one ping)."""
+    from harness.errors import RuntimeUnavailableError
+    from harness.runtime.images import docker_client
+
+    try:
+        client = docker_client(timeout=3)
+    except RuntimeUnavailableError:
+        return None
+    return {tag for image in client.images.list() for tag in image.tags}
+
+
+def zoo_status(pattern: str = "*") -> tuple[list[ZooEntry], str]:
+    """One entry per model matching ``pattern``, and a note when image status is unknown."""
+    from harness.runtime.images import local_tag
+    from harness.models.weights import cached_weights
+
+    tags = _built_images()
+    entries = []
+    for name in list_models(pattern):
+        spec = get_spec(name)
+        image = "?" if tags is None else ("yes" if local_tag(name) in tags else "no")
+        entries.append(ZooEntry(spec, image, "yes" if cached_weights(spec) else "no"))
+    note = "image '?': no Docker daemon answered (start one, or set DOCKER_HOST)" if tags is None else ""
+    return entries, note

@@ -1,0 +1,129 @@
+"""Resolve and plan: from the user's choices to a validated config, then to everything its run key needs.
+
+Both steps run for every cell of a grid before the first run starts, so a typo in the
+third model's name fails at once instead of after two hours of compute. Nothing here
+loads a model or starts a server (the docker image digest aside).
+"""
+
+from __future__ import annotations
+
+from collections.abc import Iterable
+from dataclasses import dataclass
+
+from pydantic import ValidationError
+
+from harness.config import PRESETS, ROI_PRESETS, RoiConfig, RunConfig, run_key
+from harness.data.cards import DatasetCard, get_card
+from harness.errors import ConfigError, option_problem
+from harness.models.spec import ModelSpec, get_spec, resolve_blocks
+from harness.models.weights import ResolvedWeights, resolve_weights
+from harness.runtime import choose_runtime
+
+AnyConfig = RunConfig | RoiConfig
+
+
+@dataclass(frozen=True)
+class Plan:
+    """A run resolved before anything starts: what it reads and the key its row will carry."""
+
+    cfg: AnyConfig
+    spec: ModelSpec
+    card: DatasetCard
+    blocks: tuple[int, ...]
+    size: int
+    weights: ResolvedWeights
+    image_digest: str | None
+    run_key: str | None  # None when the image is unknown (a server started elsewhere)
+
+
+def resolve_config(task: str, model: str, dataset: str, runtime: str = "auto", preset: str | None = None,
+                   **overrides: object) -> tuple[AnyConfig, str]:
+    """A full config from CLI-level choices: the task's preset, the card's default epochs, overrides.
+
+    Returns the config and a sentence saying which runtime ``auto`` chose and why.
+    """
+    get_spec(model)  # fail fast with the list of models
+    card = get_card(dataset)
+    card.check_task(task)
+    if overrides.get("epochs") is None and card.default_epochs:
+        overrides["epochs"] = card.default_epochs
+    roi = task != "segmentation"
+    presets = ROI_PRESETS if roi else PRESETS
+    preset = preset or next(iter(presets))
+    if preset not in presets:
+        raise ConfigError(f"unknown preset '{preset}' for --task {task}", f"use one of {', '.join(presets)}")
+    chosen, why = choose_runtime(runtime)
+    try:
+        if roi:
+            cfg: AnyConfig = RoiConfig.from_preset(preset, task=task, model=model, dataset=dataset, runtime=chosen, **overrides)  # type: ignore[arg-type]
+        else:
+            cfg = RunConfig.from_preset(preset, model=model, dataset=dataset, runtime=chosen, **overrides)  # type: ignore[arg-type]
+    except ValidationError as exc:
+        raise ConfigError(option_problem(exc), "see 'pfmbench bench --help' for the accepted values") from exc
+    return cfg, why
+
+
+def expand_grid(task: str, models: Iterable[str], datasets: Iterable[str], strategies: Iterable[str], seeds: Iterable[int],
+                runtime: str = "auto", preset: str | None = None, **overrides: object) -> list[tuple[AnyConfig, str]]:
+    """Every cell of models x datasets x strategies x seeds as a resolved config (``bench`` and ``sweep`` share it).
+
+    ROI tasks have no strategy: their cells ignore ``strategies`` (which must be ``frozen``).
+    """
+    strategies = list(strategies)
+    if task != "segmentation" and strategies != ["frozen"]:
+        raise ConfigError(f"--task {task} trains a head on the frozen CLS embedding", "drop --strategy")
+    out = []
+    for model in models:
+        for dataset in datasets:
+            for strategy in strategies:
+                for seed in seeds:
+                    extra = dict(overrides, seed=seed) if task != "segmentation" else dict(overrides, seed=seed, strategy=strategy)
+                    out.append(resolve_config(task, model, dataset, runtime=runtime, preset=preset, **extra))
+    return out
+
+
+def input_size_for(requested: int | None, card: DatasetCard, spec: ModelSpec) -> int:
+    """The square input size: ``requested``, else the card's rule for the model's patch size; a multiple of the patch size."""
+    size = requested or card.input_size.for_patch(spec.patch_size)
+    if size % spec.patch_size:
+        raise ConfigError(f"input size {size} is not a multiple of {spec.name}'s patch size {spec.patch_size}", f"use a multiple of {spec.patch_size}")
+    return size
+
+
+def image_digest(runtime: str, spec: ModelSpec, image: str | None) -> str | None:
+    """The identity of the image a docker run uses (``image``, else the model's, built if missing); None for other runtimes."""
+    if runtime != "docker":
+        return None
+    from harness.runtime.images import docker_client, ensure_image, image_identity
+
+    return image_identity(docker_client().images.get(image) if image else ensure_image(spec.name))
+
+
+def _blocks(cfg: AnyConfig, spec: ModelSpec) -> tuple[int, ...]:
+    if isinstance(cfg, RoiConfig):
+        return (spec.depth - 1,)  # the final-norm CLS of the last block
+    try:
+        blocks = resolve_blocks(cfg.blocks or spec.blocks, spec.depth)
+    except ValueError as exc:
+        raise ConfigError(f"--blocks: {exc}", f"'{spec.name}' has {spec.depth} blocks") from exc
+    if cfg.strategy in ("cnn_adapter", "transformer_adapter") and len(blocks) != 1:
+        raise ConfigError(f"{cfg.strategy} reads one block, got --blocks {','.join(map(str, blocks))}", "leave --blocks out (the last block)")
+    if cfg.strategy == "cnn_adapter" and cfg.decoder != "transunet":
+        raise ConfigError("cnn_adapter feeds CNN skips into the transunet decoder", "use --decoder transunet")
+    if cfg.strategy != "frozen" and cfg.runtime == "endpoint":
+        raise ConfigError(f"strategy {cfg.strategy} trains through the backbone, which a feature server cannot do",
+                          "drop --endpoint (the job runs in the model's image or locally)")
+    return blocks
+
+
+def plan_run(cfg: AnyConfig, image: str | None = None) -> Plan:
+    """Resolve model, card, blocks, input size, weights and (docker) the image: everything the run key needs."""
+    spec = get_spec(cfg.model)
+    card = get_card(cfg.dataset)
+    card.check_task(getattr(cfg, "task", "segmentation"))
+    blocks = _blocks(cfg, spec)
+    size = input_size_for(cfg.input_size, card, spec)
+    weights = resolve_weights(spec, cfg.weights, init_seed=cfg.init_seed)
+    digest = image_digest(cfg.runtime, spec, image)
+    key = None if cfg.runtime == "endpoint" else run_key(cfg, spec.spec_hash(), card.card_hash(), weights.label, digest)
+    return Plan(cfg, spec, card, blocks, size, weights, digest, key)

@@ -1,0 +1,68 @@
+"""Re-run a stored row: same configuration, same image (pulled by its digest if missing), compare."""
+
+from __future__ import annotations
+
+import json
+from collections.abc import Callable
+from dataclasses import dataclass
+from pathlib import Path
+from typing import Any
+
+from harness.config import RoiConfig, RunConfig
+from harness.errors import PfmbenchError
+from harness.results.schema import METRICS, ROI_METRICS, ResultRow
+from harness.results.store import read_rows
+from harness.run.lifecycle import execute
+
+
+@dataclass(frozen=True)
+class Reproduction:
+    """A stored row, its re-run, and each headline metric side by side."""
+
+    old: dict[str, Any]
+    new: ResultRow
+
+    def deltas(self) -> list[tuple[str, float | None, float | None]]:
+        """(metric, stored, now) for the task's headline metrics."""
+        names = METRICS if self.new.task == "segmentation" else ROI_METRICS
+        return [(m, self.old.get(m), getattr(self.new, m)) for m in names]
+
+    @property
+    def identical(self) -> bool:
+        return all(old == now for _, old, now in self.deltas())
+
+
+def reproduce(row_id: str, results_dir: Path | None = None, data_dir: Path | None = None, write: bool = False,
+              log: Callable[[str], None] = print) -> Reproduction:
+    """Re-run a stored row. Docker rows run in the recorded image digest.
+
+    Features are extracted again, never read from the feature cache: a reproduction
+    recomputes everything the row's numbers came from.
+    """
+    rows = [r for r in read_rows(results_dir) if r["row_id"] == row_id]
+    if not rows:
+        raise PfmbenchError(f"no result row '{row_id}'", "list the rows with 'pfmbench results'")
+    old = rows[0]
+    raw = json.loads(old["config_json"])
+    cfg = RunConfig(**raw) if old.get("task", "segmentation") == "segmentation" else RoiConfig(**raw)
+    image = None
+    if old["runtime"] == "docker" and old["image_digest"]:
+        image = _ensure_digest(old["image_digest"], old["model"], log)
+    log(f"re-running {row_id}: {old['model']} on {old['dataset']}, runtime {cfg.runtime}" + (f", image {image}" if image else ""))
+    new = execute(cfg, results_dir=results_dir, data_dir=data_dir, write=write, image=image, feature_cache=False)
+    return Reproduction(old, new)
+
+
+def _ensure_digest(ref: str, model: str, log: Callable[[str], None]) -> str:
+    """The local image id for a recorded identity: a ``repo@sha256:`` reference is pulled if absent."""
+    import docker.errors
+
+    from harness.runtime.images import docker_client, pull_ref
+
+    client = docker_client()
+    try:
+        return client.images.get(ref).id
+    except docker.errors.ImageNotFound:
+        if "@" not in ref:
+            raise PfmbenchError(f"image {ref[:19]} of this row was never pushed and is not present", f"rebuild it with 'pfmbench images build {model}' (a new build may differ)") from None
+        return pull_ref(ref, model, log).id

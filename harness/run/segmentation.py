@@ -1,0 +1,148 @@
+"""The segmentation task: token grids -> decoder (or a training job) -> masks -> metrics -> row.
+
+For ``frozen`` the model runs in its runtime only while features are extracted (and,
+for slide inference, while the test split is scored); the runtime is stopped on every
+exit path. The other strategies train through the backbone in a training job
+(:mod:`harness.train.launch`). The lifecycle around it (run key, skip, row write) is
+:mod:`harness.run.lifecycle`.
+"""
+
+from __future__ import annotations
+
+import contextlib
+import logging
+import time
+from collections.abc import Callable, Iterable, Iterator
+from pathlib import Path
+
+import numpy as np
+import torch
+
+from harness.client.feature_cache import FeatureCache, FeatureKey, host_environment, pixels_hash
+from harness.config import RunConfig
+from harness.data.loader import SplitArrays
+from harness.results.schema import ResultRow
+from harness.run.plan import Plan
+from harness.run.scoring import load_splits, make_row, score_test
+from harness.run.task import RunContext
+from harness.runtime import Runtime, make_runtime
+from harness.train.frozen import SplitFeatures, train_frozen
+from harness.train.launch import finish_run_dir, run_training_job
+from harness.util.progress import progress_bar
+
+log = logging.getLogger("pfmbench.bench")
+
+EXTRACT_BATCH = 8
+
+
+def iter_features(runtime: Runtime, images: Iterable[np.ndarray] | np.ndarray, blocks: tuple[int, ...], batch: int = EXTRACT_BATCH,
+                  on_batch: Callable[[int], None] | None = None) -> Iterator[np.ndarray]:
+    """Token grids through ``runtime``, one batch at a time (fp16 ``[b, L, h, w, D]``).
+
+    ``images`` is an array (cut into batches of ``batch``) or any iterable of image batches,
+    so a dataset larger than memory streams from its reader to the cache.
+    """
+    chunks = (images[i:i + batch] for i in range(0, len(images), batch)) if isinstance(images, np.ndarray) else images
+    for chunk in chunks:
+        tokens, _ = runtime.infer(chunk, blocks)
+        if on_batch:
+            on_batch(len(tokens))
+        yield tokens
+
+
+def feature_keys(plan: Plan, data: dict[str, SplitArrays]) -> dict[str, FeatureKey] | None:
+    """The cache key of each split's features, or None where the model's environment is unknown.
+
+    A server started elsewhere (``--endpoint``) may run any code on any weights, so its
+    features are never cached.
+    """
+    cfg, spec = plan.cfg, plan.spec
+    if cfg.runtime == "endpoint" or (cfg.runtime == "docker" and not plan.image_digest):
+        return None
+    environment = plan.image_digest if cfg.runtime == "docker" and plan.image_digest else host_environment()
+    weights = f"random:{plan.weights.init_seed}" if plan.weights.kind == "random" else plan.weights.label
+    return {
+        name: FeatureKey(spec.name, spec.spec_hash(), environment, weights, plan.card.name, plan.card.card_hash(), name,
+                         pixels_hash([d.images]), plan.size, plan.blocks)
+        for name, d in data.items()
+    }
+
+
+class SegmentationTask:
+    """Dense masks on a segmentation card: every strategy, both presets."""
+
+    def compute(self, plan: Plan, ctx: RunContext) -> ResultRow:
+        if _config(plan).strategy == "frozen":
+            return _run_frozen(plan, ctx.data_dir, ctx.show_progress, ctx.endpoint, ctx.image, FeatureCache() if ctx.feature_cache else None)
+        return run_training_job(plan, ctx.results_dir, ctx.data_dir, ctx.show_progress, ctx.image, fresh=ctx.fresh)
+
+    def after_write(self, plan: Plan, ctx: RunContext) -> None:
+        if _config(plan).strategy != "frozen":
+            finish_run_dir(plan.run_key, ctx.results_dir)
+
+
+def _present(tokens: np.ndarray | None) -> np.ndarray:
+    assert tokens is not None, "every split was read from the cache or extracted"
+    return tokens
+
+
+def _config(plan: Plan) -> RunConfig:
+    assert isinstance(plan.cfg, RunConfig), "a segmentation plan carries a RunConfig"
+    return plan.cfg
+
+
+def _run_frozen(plan: Plan, data_dir: Path | None, show_progress: bool, endpoint: str | None, image: str | None,
+                cache: FeatureCache | None) -> ResultRow:
+    """The ``frozen`` strategy: features through the runtime once (or from the cache), then decoder epochs here."""
+    started = time.perf_counter()
+    cfg, spec, card, blocks, size = _config(plan), plan.spec, plan.card, plan.blocks, plan.size
+    data, parts = load_splits(card, size, data_dir)
+    torch.manual_seed(cfg.seed)
+
+    keys = feature_keys(plan, data) if cache is not None else None
+    tokens = {name: cache.get(key) for name, key in keys.items()} if cache is not None and keys else {}
+    missing = [name for name in data if tokens.get(name) is None]
+    transfer, digest = "cache", None
+    with contextlib.ExitStack() as stack:
+        runtime: Runtime | None = None
+        if missing or cfg.inference == "slide":
+            runtime_kwargs = {"image": image} if image else {}
+            runtime = stack.enter_context(make_runtime(cfg.runtime, spec, plan.weights, endpoint=endpoint, **runtime_kwargs))
+            transfer, digest = runtime.transfer, runtime.image_digest
+        if missing:
+            assert runtime is not None
+            with progress_bar(show_progress) as bar:
+                total = sum(len(data[name].images) for name in missing)
+                where = f"{runtime.name}{', to the cache' if keys else ''}"
+                task = bar.add_task(f"features {spec.name} ({where})", total=total, info=f"{size}px blocks {list(blocks)}")
+                for name in missing:
+                    batches = iter_features(runtime, data[name].images, blocks, on_batch=lambda n: bar.advance(task, n))
+                    tokens[name] = cache.put(keys[name], batches) if cache is not None and keys else np.concatenate(list(batches))
+        if runtime is not None and cfg.inference == "resize":  # nothing more to extract: free the server before training
+            runtime.stop()
+        feats = {name: SplitFeatures(_present(tokens[name]), d.masks) for name, d in data.items()}
+
+        with progress_bar(show_progress) as bar:
+            task = bar.add_task(f"train {cfg.decoder} decoder", total=cfg.epochs, info="")
+
+            def on_epoch(epoch: int, rec: dict[str, float]) -> None:
+                bar.update(task, advance=1, info=f"loss {rec['loss']:.4f} val {cfg.select_metric} {rec['val_' + cfg.select_metric]:.4f}")
+
+            test_feats = feats["test"] if cfg.inference == "resize" else None
+            result = train_frozen(cfg, feats["train"], feats["val"], test_feats, card.num_classes, spec.patch_size, card.ignore_index, on_epoch)
+
+        def windows(tiles: np.ndarray) -> np.ndarray:
+            assert runtime is not None  # slide inference keeps the runtime
+            grid, _ = runtime.infer(tiles, blocks)
+            with torch.inference_mode():
+                return result.decoder(torch.from_numpy(grid)).float().numpy()
+
+        with progress_bar(show_progress and cfg.inference == "slide") as bar:
+            task = bar.add_task(f"slide {cfg.window or size}px (overlap {cfg.overlap})", total=None, info="")
+            report, instances = score_test(cfg, card, data, parts, size, windows=windows, resized_pred=result.test_pred,
+                                           on_batch=lambda n: bar.advance(task, n))
+    trainable = sum(p.numel() for p in result.decoder.parameters())
+    # a shared server (--endpoint, pfmbench sweep) does not know its image: the plan does
+    digest = digest or plan.image_digest
+    return make_row(cfg, spec, card, plan.weights.label, blocks, size, data, report, result.best_epoch, result.best_val, transfer, digest,
+                    time.perf_counter() - started, instances, trainable=trainable, key=plan.run_key)

@@ -1,0 +1,99 @@
+"""Token extraction through onnxruntime: the torch extractor, exported to ONNX and run by another engine.
+
+Why: onnxruntime fuses attention and layer norms on its own, and on a GPU its CUDA (or
+TensorRT) execution provider is a serving path that does not depend on the PyTorch
+build. The export is the same ``TokenExtractor`` the torch path runs (preprocessing
+included: uint8 ``[B, H, W, 3]`` in, fp16 grids out), so parity with torch is a direct
+comparison (``pfmbench perf --modes inprocess,onnx`` reports it as ``max_abs_diff``).
+
+A graph is exported per (tapped blocks, input height, width) with a dynamic batch
+dimension, on first use, into ``$PFMBENCH_CACHE/onnx/<model>-<hash>/model.onnx`` (the
+hash covers spec, weights, blocks and size; written in a temporary folder and renamed),
+and reused after.
+Execution providers: CUDA then CPU on a GPU (needs the ``onnxruntime-gpu`` wheel),
+CPU otherwise.
+"""
+
+from __future__ import annotations
+
+import hashlib
+import logging
+import threading
+from pathlib import Path
+
+import numpy as np
+import torch
+from torch import nn
+
+from harness import constants
+from harness.models.builders import TokenExtractor
+from harness.models.spec import resolve_blocks
+from harness.models.weights import ResolvedWeights
+from harness.util.atomic import atomic_directory
+
+log = logging.getLogger("pfmbench.onnx")
+
+
+class _Export(nn.Module):
+    """What the graph computes: preprocessing, the tapped blocks, fp16 outputs."""
+
+    def __init__(self, extractor: TokenExtractor, blocks: tuple[int, ...]) -> None:
+        super().__init__()
+        self.extractor, self.blocks = extractor, blocks
+
+    def forward(self, images: torch.Tensor) -> tuple[torch.Tensor, torch.Tensor]:
+        tokens, cls = self.extractor(self.extractor.preprocess(images), self.blocks)
+        return tokens.to(torch.float16), cls.to(torch.float16)
+
+
+def onnx_dir() -> Path:
+    return constants.ONNX_DIR
+
+
+def export(extractor: TokenExtractor, weights: ResolvedWeights, blocks: tuple[int, ...], height: int, width: int,
+           directory: Path | None = None) -> Path:
+    """The ONNX file of ``extractor`` for these blocks and input size (exported now if not there yet)."""
+    spec = extractor.spec
+    ident = f"{spec.spec_hash()}|{weights.label}|{weights.init_seed}|{blocks}|{height}x{width}"
+    entry = (directory or onnx_dir()) / f"{spec.name}-{hashlib.sha256(ident.encode()).hexdigest()[:16]}"
+    if (entry / "model.onnx").is_file():
+        return entry / "model.onnx"
+    # the graph and its external weight file (models over 2 GB) are written side by side, then the folder is renamed
+    log.info("exporting %s blocks %s at %dx%d to %s", spec.name, list(blocks), height, width, entry)
+    module = _Export(extractor.cpu().eval(), blocks).eval()
+    sample = torch.zeros(2, height, width, 3, dtype=torch.uint8)
+    with atomic_directory(entry) as tmp, torch.no_grad():  # a concurrent export of the same graph may win the rename
+        torch.onnx.export(module, (sample,), str(tmp / "model.onnx"), dynamo=True, input_names=["images"], output_names=["tokens", "cls"],
+                          dynamic_shapes={"images": {0: torch.export.Dim("batch", max=4096)}}, verbose=False)
+    return entry / "model.onnx"
+
+
+class OnnxExtractor:
+    """``extract(images, blocks)`` as :class:`~harness.models.builders.TokenExtractor` has it, run by onnxruntime."""
+
+    def __init__(self, extractor: TokenExtractor, weights: ResolvedWeights, device: str = "cpu", directory: Path | None = None) -> None:
+        import onnxruntime as ort
+
+        self.extractor, self.weights, self.directory = extractor, weights, directory
+        wanted = ["CUDAExecutionProvider", "CPUExecutionProvider"] if device.startswith("cuda") else ["CPUExecutionProvider"]
+        self.providers = [p for p in wanted if p in ort.get_available_providers()]
+        self._sessions: dict[tuple, object] = {}
+        self._lock = threading.Lock()
+
+    def session(self, blocks: tuple[int, ...], height: int, width: int):
+        import onnxruntime as ort
+
+        key = (blocks, height, width)
+        with self._lock:
+            if key not in self._sessions:
+                path = export(self.extractor, self.weights, blocks, height, width, self.directory)
+                self._sessions[key] = ort.InferenceSession(str(path), providers=self.providers)
+            return self._sessions[key]
+
+    def extract(self, images: np.ndarray, blocks: tuple[int, ...] | None = None) -> tuple[np.ndarray, np.ndarray]:
+        spec = self.extractor.spec
+        idx = resolve_blocks(blocks or spec.blocks, spec.depth)
+        images = np.ascontiguousarray(images, dtype=np.uint8)
+        _, h, w, _ = images.shape
+        tokens, cls = self.session(idx, h, w).run(None, {"images": images})
+        return tokens, cls

@@ -1,0 +1,1 @@
+"""Small helpers every package uses: atomic writes, hashing, progress, the file registry."""

@@ -1,8 +1,7 @@
-"""Reading rows back: ``results`` (a table or any DuckDB SQL), ``report`` (leaderboard and page), ``reproduce`` (re-run one)."""
+"""Reading rows back: ``results`` (a table or any DuckDB SQL) and ``reproduce`` (re-run one row and compare)."""
 
 from __future__ import annotations
 
-from pathlib import Path
 from typing import Annotated, Any, Optional
 
 import typer
@@ -38,38 +37,6 @@ def results(
     for r in rel.fetchall():
         t.add_row(*[_cell(v) for v in r])
     out.print(t)
-
-
-@app.command(epilog="Example: pfmbench report --out report/ && open report/report.html")
-def report(
-    results_dir: ResultsOpt = None,
-    out_dir: Annotated[Path, typer.Option("--out", help="Where report.html, leaderboard.csv and the PNG figures go.")] = Path("report"),
-    metric: Annotated[str, typer.Option(help="Ranking metric: mDice (the reference's headline) | mIoU | pixel_accuracy.")] = "mDice",
-) -> None:
-    """Leaderboard per dataset and strategy with CIs and average ranks, figures, and the difference to published numbers.
-
-    Rows with untrained (random) weights are marked and never compared to published numbers.
-    """
-    from harness.report.html import build_report
-
-    files = build_report(results_dir, out_dir, metric)
-    board = files.board
-    t = Table(title=f"average rank by {metric} (1 = best; random-weight entries ranked among themselves)")
-    for col in ("model", "strategy", "preset", "weights", "avg rank", "datasets"):
-        t.add_column(col, justify="right" if col in ("avg rank", "datasets") else "left")
-    for r in board.ranks:
-        t.add_row(r.model, r.strategy, r.preset, "random" if r.random else "real", f"{r.average_rank:.2f}", str(r.datasets))
-    out.print(t)
-    for (dataset, strategy, preset), entries in board.groups().items():
-        g = Table(title=f"{dataset} / {strategy} ({preset})")
-        for col in ("rank", "model", "weights", metric, "95% CI", "published", "delta"):
-            g.add_column(col, justify="left" if col in ("model", "weights") else "right")
-        for e in entries:
-            pub = "not compared" if e.random else ("-" if e.published is None else f"{e.published.mean:.4f}")
-            g.add_row(f"{e.rank:g}", e.model, "random" if e.random else e.weights[:19], f"{e.value:.4f}", f"{e.ci_low:.4f} - {e.ci_high:.4f}",
-                      pub, "" if e.delta is None else f"{e.delta:+.4f}")
-        out.print(g)
-    out.print(f"wrote {files.html} (self-contained), {files.csv} and {', '.join(p.name for p in files.pngs)}")
 
 
 @app.command(epilog="Example: pfmbench reproduce 3f2a9c1e07bd")

@@ -1,20 +1,23 @@
 """Test session setup: isolated data/results/cache dirs, and helpers to find the processes this session started.
 
-Every process a test starts inherits ``PFMBENCH_TEST_SESSION`` (a fresh id per session);
-:func:`processes` lists only those, so a user's bench or a second checkout's suite on
-the same machine is never seen, let alone killed.
+The test process is a child subreaper (``PR_SET_CHILD_SUBREAPER``): a process its
+children leave behind is re-parented to it, not to init, so everything this session
+started stays in its process tree. :func:`processes` lists that tree and nothing else;
+a user's bench or a second checkout's suite on the same machine is never seen, let
+alone killed.
 """
 
 from __future__ import annotations
 
+import ctypes
 import os
 import tempfile
-import uuid
 from pathlib import Path
 
 _SESSION = Path(tempfile.mkdtemp(prefix="pfmbench-tests-"))
-SESSION_ID = uuid.uuid4().hex
-os.environ["PFMBENCH_TEST_SESSION"] = SESSION_ID
+PR_SET_CHILD_SUBREAPER = 36
+if ctypes.CDLL(None, use_errno=True).prctl(PR_SET_CHILD_SUBREAPER, 1, 0, 0, 0) != 0:
+    raise OSError(ctypes.get_errno(), "prctl(PR_SET_CHILD_SUBREAPER) failed: the tests could not keep track of their orphans")
 # Set before harness.constants is imported anywhere.
 os.environ.setdefault("PFMBENCH_CACHE", str(_SESSION / "cache"))
 os.environ.setdefault("PFMBENCH_DATA", str(_SESSION / "data"))
@@ -35,24 +38,40 @@ def free_port() -> int:
         return s.getsockname()[1]
 
 
+def _stat(pid: int) -> tuple[int, int, str] | None:
+    """(ppid, pgid, state) from ``/proc/<pid>/stat``, or None once the process is gone."""
+    try:
+        fields = Path(f"/proc/{pid}/stat").read_text().rsplit(")", 1)[1].split()
+        return int(fields[1]), int(fields[2]), fields[0]
+    except (OSError, IndexError, ValueError):
+        return None
+
+
 def processes() -> list[tuple[int, int, str]]:
-    """(pid, pgid, cmdline) of every live process this test session started (its environment carries the session id)."""
-    out = []
-    marker = f"PFMBENCH_TEST_SESSION={SESSION_ID}".encode()
+    """(pid, pgid, cmdline) of every live process in this session's tree (descendants of the test process).
+
+    This kernel has no ``/proc/<pid>/task/<tid>/children`` list, so the tree is built
+    from each process's parent pid (``stat``, what ``ps`` shows); only the command
+    lines of this session's own processes are read.
+    """
+    parents: dict[int, list[int]] = {}
+    info: dict[int, tuple[int, int, str]] = {}
     for entry in Path("/proc").iterdir():
-        if not entry.name.isdigit() or int(entry.name) == os.getpid():
+        if entry.name.isdigit() and (st := _stat(int(entry.name))) is not None:
+            info[int(entry.name)] = st
+            parents.setdefault(st[0], []).append(int(entry.name))
+    out, todo = [], list(parents.get(os.getpid(), []))
+    while todo:
+        pid = todo.pop()
+        todo += parents.get(pid, [])
+        _, pgid, state = info[pid]
+        if state == "Z":  # exited; its parent (maybe this process, as subreaper) has not reaped it
             continue
         try:
-            if marker not in (entry / "environ").read_bytes().split(b"\0"):
-                continue
-            cmd = (entry / "cmdline").read_bytes().replace(b"\0", b" ").decode(errors="replace").strip()
-            stat = (entry / "stat").read_text()
-            fields = stat.rsplit(")", 1)[1].split()
-            if fields[0] == "Z":
-                continue
-            out.append((int(entry.name), int(fields[2]), cmd))
-        except (OSError, IndexError):
+            cmd = Path(f"/proc/{pid}/cmdline").read_bytes().replace(b"\0", b" ").decode(errors="replace").strip()
+        except OSError:
             continue
+        out.append((pid, pgid, cmd))
     return out
 
 

@@ -51,16 +51,19 @@ def execute(cfg: AnyConfig, ctx: RunContext | None = None, *, write: bool = True
     if not skip_finished:  # a run that does not skip starts over: no resumed checkpoint either
         ctx = replace(ctx, fresh=True)
     plan = plan_run(cfg, ctx.image)
+    task = task_for(cfg)
     # a sweep job (its driver stores the row under the claim) and a server of unknown image (no run key) claim nothing
     held = claim(plan.run_key, ctx.results_dir, ctx.notify) if write and plan.run_key else nullcontext()
     with held:  # a second identical command waits here, then finds the row
         if skip_finished and (done := _stored(plan, ctx)) is not None:
             return done
-        row = _compute(plan, ctx)
+        if notice := licence_notice(plan.spec, plan.weights):
+            ctx.notify(notice)
+        row = task.compute(plan, ctx)
         if write:
             write_row(row, ctx.results_dir)
     if write:
-        task_for(plan.cfg).after_write(plan, ctx)
+        task.after_write(plan, ctx)
     return row
 
 
@@ -70,9 +73,3 @@ def _stored(plan: Plan, ctx: RunContext) -> ResultRow | None:
     if done is not None:
         ctx.notify(f"skipped: run {plan.run_key} already has row {done.row_id} (--rerun runs it again)")
     return done
-
-
-def _compute(plan: Plan, ctx: RunContext) -> ResultRow:
-    if notice := licence_notice(plan.spec, plan.weights):
-        ctx.notify(notice)
-    return task_for(plan.cfg).compute(plan, ctx)

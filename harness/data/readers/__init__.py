@@ -15,6 +15,7 @@ import pkgutil
 from harness.data.readers.base import IMAGE_SUFFIXES, Reader, Sample, fail, read_image
 
 _READERS: dict[str, Reader] = {}
+_LOADED = False
 
 
 def register(cls: type[Reader]) -> type[Reader]:
@@ -27,10 +28,13 @@ def register(cls: type[Reader]) -> type[Reader]:
 
 
 def _load_all() -> None:
-    if not _READERS:
+    """Import every reader module once (a reader registered from outside before that does not stop it)."""
+    global _LOADED
+    if not _LOADED:
         for info in pkgutil.iter_modules(__path__):
             if info.name != "base":
                 importlib.import_module(f"{__name__}.{info.name}")
+        _LOADED = True
 
 
 def formats() -> list[str]:

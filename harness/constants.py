@@ -65,6 +65,9 @@ STARTUP_TIMEOUT_S = float(os.environ.get("PFMBENCH_STARTUP_TIMEOUT", "180"))
 #: Seconds one inference request may take before it fails (gRPC deadline, HTTP timeout).
 REQUEST_TIMEOUT_S = float(os.environ.get("PFMBENCH_REQUEST_TIMEOUT", "300"))
 
+#: Times a request that timed out or found the server unavailable is sent again (after 1, 2, 4... s) before the run fails.
+REQUEST_RETRIES = int(os.environ.get("PFMBENCH_REQUEST_RETRIES", "3"))
+
 #: Environment variable of the feature cache's root (see :func:`features_dir`).
 FEATURES_ENV = "PFMBENCH_FEATURES"
 

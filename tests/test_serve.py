@@ -57,6 +57,30 @@ def test_uni_timm_served_equals_inprocess(no_leftover_servers):
     assert np.abs(tokens.astype(np.float32) - ref.astype(np.float32)).max() <= 1e-3
 
 
+def test_a_request_that_times_out_is_sent_again_and_gives_the_same_features(phikon_reference, no_leftover_servers):
+    """The server frozen (SIGSTOP) past the request deadline: the client retries, the retry thaws it, the answer is right."""
+    with LocalRuntime(get_spec("phikon"), ResolvedWeights.random()) as rt:
+        rt.infer(IMAGES, (11,))  # regions registered at full size, model warm: only the request itself can time out
+        client, group = rt.client, rt.proc.pid
+        retries = []
+
+        def thaw(n: int, exc: Exception) -> None:
+            retries.append(str(exc))
+            client.timeout_s = 300.0
+            os.killpg(group, signal.SIGCONT)
+
+        client.timeout_s, client.on_retry = 1.0, thaw
+        os.killpg(group, signal.SIGSTOP)
+        try:
+            tokens, cls = rt.infer(IMAGES, (11,))
+        finally:
+            os.killpg(group, signal.SIGCONT)
+        assert len(retries) == 1 and "Deadline" in retries[0], retries
+        ref_tokens, ref_cls = phikon_reference[(11,)]
+        assert np.abs(tokens.astype(np.float32) - ref_tokens.astype(np.float32)).max() <= 1e-3
+        assert np.abs(cls.astype(np.float32) - ref_cls.astype(np.float32)).max() <= 1e-3
+
+
 def test_killed_server_gives_a_clear_error_and_no_orphans(no_leftover_servers):
     rt = LocalRuntime(get_spec("phikon"), ResolvedWeights.random())
     with pytest.raises(ServerDiedError) as exc:

@@ -36,6 +36,29 @@ def _by_key(rows: list[dict]) -> dict[str, dict]:
     return {r["run_key"]: r for r in rows}
 
 
+@pytest.mark.ray
+def test_without_an_address_the_ray_executor_starts_and_stops_a_private_cluster(tmp_path, monkeypatch):
+    """Never a cluster someone else started (RAY_ADDRESS points at a dead one here), no dashboard UI, nothing left after close."""
+    import ray
+
+    from harness.sweep.executors import RayExecutor
+
+    ray.shutdown()
+    monkeypatch.setenv("RAY_ADDRESS", f"127.0.0.1:{free_port()}")
+    before = {p[0] for p in processes()}
+    executor = RayExecutor(tmp_path, None)
+    try:
+        assert executor.owns_cluster and ray.is_initialized()
+        mine = [cmd for pid, _, cmd in processes() if pid not in before]
+        assert any("gcs_server" in c for c in mine) and any("raylet" in c for c in mine), mine
+        # Ray keeps a minimal dashboard head for its state API: no web UI, loopback only
+        assert all("--minimal" in c and "--disable-frontend" in c and "--host=127.0.0.1" in c for c in mine if "dashboard.py" in c), mine
+    finally:
+        executor.close()
+    assert not ray.is_initialized()
+    wait_until(lambda: not [p for p in processes() if p[0] not in before], 60, "the private Ray's processes to exit")
+
+
 @pytest.fixture(scope="module")
 def ray_cluster():
     """A real local Ray cluster on 127.0.0.1 with 2 worker slots, started with `ray start --head`."""

@@ -87,6 +87,22 @@ def test_offline_hub_names_the_alternatives(monkeypatch):
     assert "WEIGHTS=random" in line and "WEIGHTS=<dir>" in line and "\n" not in line
 
 
+def test_an_unreachable_hub_fails_at_once_naming_the_host(monkeypatch):
+    """No network (here: a hub endpoint on a closed local port): one line naming the host, from the probe before any download."""
+    import huggingface_hub.constants as c
+
+    from conftest import free_port
+
+    port = free_port()
+    monkeypatch.setattr(c, "ENDPOINT", f"http://127.0.0.1:{port}")
+    for proxy in ("HTTPS_PROXY", "https_proxy", "ALL_PROXY", "all_proxy"):
+        monkeypatch.delenv(proxy, raising=False)
+    with pytest.raises(HubUnavailableError) as exc:
+        resolve_weights(get_spec("phikon"), "hub")
+    line = exc.value.one_line()
+    assert f"127.0.0.1:{port} unreachable" in line and "Connection refused" in line and "\n" not in line
+
+
 def test_gated_model_without_token():
     with pytest.raises(GatedWeightsError, match="no hub token is set") as exc:
         resolve_weights(get_spec("uni"), "hub")

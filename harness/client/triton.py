@@ -14,7 +14,7 @@ from __future__ import annotations
 import logging
 import os
 import threading
-import uuid
+import time
 from collections.abc import Callable
 from dataclasses import dataclass, field
 from typing import Literal
@@ -22,13 +22,26 @@ from typing import Literal
 import numpy as np
 
 from harness import constants
+from harness.client.regions import SHM_DIR, new_prefix
 from harness.models.spec import ModelSpec
 from harness.serve import protocol
+from harness.util.leases import hold, release
 
 log = logging.getLogger("pfmbench.client")
 
 Transfer = Literal["auto", "shm", "grpc", "http"]
 _GRPC_TOKEN_HEADER = "triton-grpc-protocol-triton-access-token"
+#: seconds before the first retry of a failed request; doubled for each further one
+RETRY_BACKOFF_S = 1.0
+#: seconds a control call (health, shared-memory registration) may take: a stalled server must not hang the harness
+CONTROL_TIMEOUT_S = 30.0
+_TRANSIENT = ("UNAVAILABLE", "DEADLINE_EXCEEDED", "RESOURCE_EXHAUSTED")
+
+
+def _transient(exc: Exception) -> bool:
+    """Whether a failed request may succeed if sent again: a gRPC timeout or an unavailable or overloaded server."""
+    status = getattr(exc, "status", None)
+    return callable(status) and any(code in str(status()) for code in _TRANSIENT)
 
 
 @dataclass
@@ -36,6 +49,7 @@ class _Region:
     name: str
     handle: object
     size: int
+    lease: int | None  # held while the region exists: one left by a killed harness is swept (client/regions.py)
 
 
 @dataclass
@@ -52,6 +66,9 @@ class FeatureClient:
     token: str | None = None
     transfer: Transfer = "auto"
     timeout_s: float = constants.REQUEST_TIMEOUT_S  # PFMBENCH_REQUEST_TIMEOUT
+    retries: int = constants.REQUEST_RETRIES  # PFMBENCH_REQUEST_RETRIES
+    #: Called with (retry number, the error) before each retry, e.g. to tell the user.
+    on_retry: Callable[[int, Exception], None] | None = None
     #: Polled while a request is in flight; returning False abandons the request
     #: (a server process that died mid-request would otherwise leave it hanging).
     alive: Callable[[], bool] | None = None
@@ -65,7 +82,7 @@ class FeatureClient:
         opts = [("grpc.max_receive_message_length", (1 << 31) - 1), ("grpc.max_send_message_length", (1 << 31) - 1)]
         self._grpc = grpcclient.InferenceServerClient(self.url, channel_args=opts)
         self._headers = {_GRPC_TOKEN_HEADER: self.token} if self.token else None
-        self._prefix = f"pfm_{os.getpid()}_{uuid.uuid4().hex[:8]}"
+        self._prefix = new_prefix()
         self._http = None
         if self.transfer == "http":
             if not self.http_url:
@@ -81,7 +98,8 @@ class FeatureClient:
 
     def ready(self) -> bool:
         try:
-            return self._grpc.is_server_ready() and self._grpc.is_model_ready(constants.TRITON_MODEL)
+            return (self._grpc.is_server_ready(client_timeout=CONTROL_TIMEOUT_S)
+                    and self._grpc.is_model_ready(constants.TRITON_MODEL, client_timeout=CONTROL_TIMEOUT_S))
         except Exception:  # connection refused while starting
             return False
 
@@ -98,12 +116,13 @@ class FeatureClient:
             self._drop(role)
         name = f"{self._prefix}_{role}"
         handle = shm.create_shared_memory_region(name, f"/{name}", size)
+        path = SHM_DIR / name
         # A server under another uid (container user 10001) must be able to open it.
-        os.chmod(f"/dev/shm/{name}", 0o666)
-        region = _Region(name, handle, size)
+        os.chmod(path, 0o666)
+        region = _Region(name, handle, size, hold(path))
         self._regions[role] = region
         try:
-            self._grpc.register_system_shared_memory(name, f"/{name}", size, headers=self._headers)
+            self._grpc.register_system_shared_memory(name, f"/{name}", size, headers=self._headers, client_timeout=CONTROL_TIMEOUT_S)
         except Exception:
             self._drop(role, registered=False)
             raise
@@ -115,10 +134,11 @@ class FeatureClient:
         region = self._regions.pop(role)
         if registered:
             try:
-                self._grpc.unregister_system_shared_memory(region.name, headers=self._headers)
+                self._grpc.unregister_system_shared_memory(region.name, headers=self._headers, client_timeout=CONTROL_TIMEOUT_S)
             except Exception:  # server already gone: nothing to unregister
                 pass
         shm.destroy_shared_memory_region(region.handle)
+        release(region.lease)
 
     def _infer_shm(self, images: np.ndarray, blocks: np.ndarray, shapes: dict[str, tuple[int, ...]]) -> tuple[np.ndarray, np.ndarray]:
         import tritonclient.grpc as grpcclient
@@ -189,7 +209,27 @@ class FeatureClient:
         return box["result"]
 
     def infer(self, images: np.ndarray, blocks: tuple[int, ...]) -> tuple[np.ndarray, np.ndarray]:
-        """uint8 ``[B, H, W, 3]`` -> (fp16 tokens ``[B, L, h, w, D]``, fp16 cls ``[B, L, D]``)."""
+        """uint8 ``[B, H, W, 3]`` -> (fp16 tokens ``[B, L, h, w, D]``, fp16 cls ``[B, L, D]``).
+
+        Sent again after a transient failure (a timeout, an unavailable server; the region
+        registration included) with exponential backoff: extraction is idempotent. A server
+        process that died is not transient (:class:`ConnectionError` from :meth:`_call`)
+        and fails at once.
+        """
+        for attempt in range(self.retries + 1):
+            try:
+                return self._infer_once(images, blocks)
+            except Exception as exc:
+                if attempt == self.retries or not _transient(exc) or (self.alive is not None and not self.alive()):
+                    raise
+                wait_s = RETRY_BACKOFF_S * 2**attempt
+                log.warning("request failed (%s); retry %d of %d in %.0f s", str(exc).splitlines()[0], attempt + 1, self.retries, wait_s)
+                if self.on_retry is not None:
+                    self.on_retry(attempt + 1, exc)
+                time.sleep(wait_s)
+        raise AssertionError("unreachable")
+
+    def _infer_once(self, images: np.ndarray, blocks: tuple[int, ...]) -> tuple[np.ndarray, np.ndarray]:
         images = np.ascontiguousarray(images, dtype=np.uint8)
         b, height, width, _ = images.shape
         block_arr = np.tile(np.asarray(blocks, np.int32), (b, 1))

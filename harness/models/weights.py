@@ -8,6 +8,8 @@ record the exact sha256 of the weights it used (or ``random`` and its init seed)
 
 from __future__ import annotations
 
+import os
+
 import re
 from collections.abc import Callable
 from dataclasses import dataclass
@@ -79,6 +81,33 @@ def _verify(path: Path, spec: ModelSpec) -> str:
     return digest
 
 
+HUB_PROBE_TIMEOUT_S = 3.0
+
+
+def _hub_unreachable() -> str | None:
+    """Why the hub cannot be reached, from one TCP connection to its host; None if it can (or a proxy decides).
+
+    Without this, a machine with no network spends about half a minute in
+    huggingface_hub's retries before saying so.
+    """
+    import socket
+    from urllib.parse import urlsplit
+
+    from huggingface_hub import constants as hub
+
+    if hub.HF_HUB_OFFLINE:
+        return "HF_HUB_OFFLINE is set"
+    if any(os.environ.get(v) for v in ("HTTPS_PROXY", "https_proxy", "ALL_PROXY", "all_proxy")):
+        return None  # the proxy, not a direct connection, decides
+    url = urlsplit(hub.ENDPOINT)
+    host, port = url.hostname or "", url.port or (443 if url.scheme == "https" else 80)
+    try:
+        socket.create_connection((host, port), timeout=HUB_PROBE_TIMEOUT_S).close()
+    except OSError as exc:
+        return f"{host}:{port} unreachable ({exc.strerror or type(exc).__name__}: no network, or a firewall)"
+    return None
+
+
 def _from_hub(spec: ModelSpec) -> Path:
     repo = spec.hub_repo
     if repo is None:
@@ -97,6 +126,8 @@ def _from_hub(spec: ModelSpec) -> Path:
         pass
     if spec.gated and token is None:
         raise GatedWeightsError(spec.name, f"hf:{repo}")
+    if (unreachable := _hub_unreachable()) is not None:  # fail in seconds, not after a minute of retries
+        raise HubUnavailableError(spec.name, f"hf:{repo}", unreachable)
     try:
         return Path(hf_hub_download(repo, spec.weights_file, token=token))
     except GatedRepoError as exc:

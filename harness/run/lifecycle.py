@@ -13,13 +13,17 @@ from __future__ import annotations
 from contextlib import nullcontext
 from dataclasses import replace
 
+from harness import constants
+from harness.client.regions import remove_orphan_regions
 from harness.errors import ConfigError
 from harness.models.weights import licence_notice
 from harness.results.claims import claim
 from harness.results.schema import ResultRow
-from harness.results.store import find_run, write_row
+from harness.results.store import find_run, rows_dir, write_row
 from harness.run.plan import AnyConfig, Plan, plan_run
 from harness.run.task import RunContext, Task
+from harness.serve.workspace import sweep_workspaces
+from harness.util.atomic import remove_stale_temporaries
 
 __all__ = ["RunContext", "Task", "execute", "task_for"]
 
@@ -55,6 +59,7 @@ def execute(cfg: AnyConfig, ctx: RunContext | None = None, *, write: bool = True
     # a sweep job (its driver stores the row under the claim) and a server of unknown image (no run key) claim nothing
     held = claim(plan.run_key, ctx.results_dir, ctx.notify) if write and plan.run_key else nullcontext()
     with held:  # a second identical command waits here, then finds the row
+        remove_leftovers(ctx)
         if skip_finished and (done := _stored(plan, ctx)) is not None:
             return done
         if notice := licence_notice(plan.spec, plan.weights):
@@ -65,6 +70,14 @@ def execute(cfg: AnyConfig, ctx: RunContext | None = None, *, write: bool = True
     if write:
         task.after_write(plan, ctx)
     return row
+
+
+def remove_leftovers(ctx: RunContext) -> None:
+    """Remove what killed runs left: row and feature-cache temporaries, shared-memory regions and Triton workspaces nobody holds."""
+    remove_stale_temporaries(rows_dir(ctx.results_dir))
+    remove_stale_temporaries(constants.features_dir())
+    remove_orphan_regions()
+    sweep_workspaces()
 
 
 def _stored(plan: Plan, ctx: RunContext) -> ResultRow | None:

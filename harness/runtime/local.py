@@ -1,24 +1,21 @@
 """The model server as a subprocess on loopback ports: the default where no Docker daemon runs.
 
-The server gets its own process group (so one ``killpg`` reaches Triton and its Python
-backend stubs too) and ``PR_SET_PDEATHSIG`` (so it is told to stop even if the harness
-itself is killed with SIGKILL). ``stop()`` sends SIGTERM, which the server turns into a
-clean Triton shutdown, then SIGKILLs whatever is left of the group.
+The server leads its own process group (:func:`~harness.util.procgroup.spawn_group`: one
+``killpg`` reaches Triton and its Python backend stubs too, and the group is gone within
+about a second of the harness dying, even by SIGKILL). ``stop()`` sends SIGTERM, which
+the server turns into a clean Triton shutdown, then SIGKILLs whatever is left of the group.
 """
 
 from __future__ import annotations
 
-import ctypes
 import logging
 import os
 import secrets
-import signal
 import socket
 import subprocess
 import sys
 import sysconfig
 import tempfile
-import time
 from pathlib import Path
 from typing import Unpack
 
@@ -26,11 +23,9 @@ from harness import constants
 from harness.models.spec import ModelSpec
 from harness.models.weights import ResolvedWeights
 from harness.runtime.served import ServedOptions, ServedRuntime
+from harness.util.procgroup import spawn_group, stop_group
 
 log = logging.getLogger("pfmbench.runtime")
-
-_PR_SET_PDEATHSIG = 1
-
 
 def free_ports(n: int, host: str = "127.0.0.1") -> list[int]:
     """``n`` distinct free TCP ports on ``host`` (held open together so they differ)."""
@@ -44,13 +39,6 @@ def free_ports(n: int, host: str = "127.0.0.1") -> list[int]:
     finally:
         for s in socks:
             s.close()
-
-
-def die_with_parent() -> None:  # runs in the child between fork and exec
-    try:
-        ctypes.CDLL("libc.so.6", use_errno=True).prctl(_PR_SET_PDEATHSIG, signal.SIGTERM)
-    except OSError:
-        pass
 
 
 def server_env(token: str) -> dict[str, str]:
@@ -106,10 +94,7 @@ class LocalRuntime(ServedRuntime):
         fd, name = tempfile.mkstemp(prefix=f"pfmbench-{self.spec.name}-", suffix=".log")
         self.log_path = Path(name)
         with os.fdopen(fd, "wb") as logf:
-            self.proc = subprocess.Popen(
-                self._command(ports), stdout=logf, stderr=subprocess.STDOUT, stdin=subprocess.DEVNULL,
-                env=server_env(token), start_new_session=True, preexec_fn=die_with_parent,
-            )
+            self.proc = spawn_group(self._command(ports), stdout=logf, stderr=subprocess.STDOUT, stdin=subprocess.DEVNULL, env=server_env(token))
         self._connect(f"127.0.0.1:{ports[1]}", token, http_url=f"127.0.0.1:{ports[0]}")
         log.info("local server for %s: pid %d, grpc 127.0.0.1:%d", self.spec.name, self.proc.pid, ports[1])
         self._wait_ready()
@@ -134,49 +119,3 @@ class LocalRuntime(ServedRuntime):
             stop_group(proc)
         if self.log_path is not None and not self._failed:
             self.log_path.unlink(missing_ok=True)
-
-
-def stop_group(proc: subprocess.Popen[bytes], grace_s: float = 15.0) -> None:
-    """SIGTERM the server (clean Triton shutdown), then SIGKILL anything left in its group."""
-    pgid = proc.pid  # start_new_session=True: the group id is the server's pid
-    if proc.poll() is None:
-        try:
-            os.killpg(pgid, signal.SIGTERM)
-        except ProcessLookupError:
-            pass
-        try:
-            proc.wait(timeout=grace_s)
-        except subprocess.TimeoutExpired:
-            pass
-    try:
-        os.killpg(pgid, signal.SIGKILL)
-    except (ProcessLookupError, PermissionError):
-        pass
-    proc.wait()
-    _wait_until_group_is_gone(pgid)
-
-
-def _wait_until_group_is_gone(pgid: int, timeout_s: float = 10.0) -> None:
-    """Return once no live process is left in ``pgid``.
-
-    SIGKILL is delivered at once but a process that maps gigabytes (a Triton backend stub
-    with its shared-memory pools) takes a moment to be torn down, and it was reparented
-    when Triton died, so ``proc.wait()`` does not cover it. Waiting here means "stopped"
-    really means gone. Zombies count as gone: their reaping is up to whoever adopted them.
-    """
-    deadline = time.monotonic() + timeout_s
-    while _live_members(pgid) and time.monotonic() < deadline:
-        time.sleep(0.05)
-
-
-def _live_members(pgid: int) -> list[int]:
-    """Pids of non-zombie processes in group ``pgid`` (Linux ``/proc``; empty elsewhere)."""
-    members = []
-    for stat in Path("/proc").glob("[0-9]*/stat"):
-        try:
-            fields = stat.read_text().rsplit(")", 1)[1].split()
-        except (OSError, IndexError):
-            continue
-        if fields[0] not in ("Z", "X") and int(fields[2]) == pgid:
-            members.append(int(stat.parent.name))
-    return members

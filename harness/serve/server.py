@@ -2,22 +2,31 @@
 
 ``serve()`` blocks until SIGINT/SIGTERM; SIGTERM is turned into KeyboardInterrupt so
 PyTriton shuts Triton down cleanly (its workspace and shared memory are removed),
-also when the server is PID 1 in a container, which otherwise ignores SIGTERM.
+also when the server is PID 1 in a container, which otherwise ignores SIGTERM. The
+clean shutdown has a deadline (:func:`~harness.util.procgroup.die_with_parent_promptly`):
+a server whose harness was killed is gone within about a second, Triton and stubs too.
 """
 
 from __future__ import annotations
 
 import logging
-import signal
+import os
+import re
+import shutil
+from pathlib import Path
 
 import numpy as np
 import torch
 
 from harness import constants
+from harness.client.regions import SHM_DIR
 from harness.models.spec import ModelSpec
 from harness.models.weights import ResolvedWeights, resolve_weights
 from harness.serve import protocol
 from harness.serve.engines import build_engine
+from harness.serve.workspace import new_workspace
+from harness.util.leases import release
+from harness.util.procgroup import command_line, die_with_parent_promptly, kill_own_group, live_members
 
 log = logging.getLogger("pfmbench.serve")
 
@@ -49,11 +58,40 @@ def serve(
     max_batch: int = protocol.MAX_BATCH,
     engine: str = "torch",
 ) -> None:
-    """Serve ``spec``'s token features until interrupted."""
+    """Serve ``spec``'s token features until interrupted (SIGINT or SIGTERM), then leave no process behind."""
+    workspace, lease = new_workspace()  # a server killed outright leaves it unheld: the next run sweeps it
+    die_with_parent_promptly(reap=lambda: _reap_triton(workspace))
+    try:
+        _serve_until_stopped(spec, weights, init_seed, host, http_port, grpc_port, metrics_port, device, max_batch, engine, workspace / "pytriton")
+    except KeyboardInterrupt:
+        log.info("stopped")
+    finally:
+        _reap_triton(workspace)  # after a clean shutdown: nothing left to do; after a hung one, the rest
+        release(lease)
+
+
+def _reap_triton(workspace: Path) -> None:
+    """SIGKILL what is left of Triton (server, backend stubs), then remove its shared memory and workspace.
+
+    A clean PyTriton shutdown does all of this itself; this is for one cut short. The
+    backend stubs' regions are named by Triton's ``shm-region-prefix-name`` argument, read
+    from the live processes' command lines before they are killed.
+    """
+    me = os.getpid()
+    prefixes = {m.group(1) for pid in live_members(me) if pid != me
+                for m in [re.search(r"shm-region-prefix-name=([\w-]+)", command_line(pid))] if m}
+    kill_own_group()
+    for prefix in prefixes:
+        for region in SHM_DIR.glob(f"{prefix}*"):
+            region.unlink(missing_ok=True)
+    shutil.rmtree(workspace, ignore_errors=True)
+
+
+def _serve_until_stopped(spec: ModelSpec, weights: str, init_seed: int, host: str, http_port: int, grpc_port: int, metrics_port: int,
+                         device: str | None, max_batch: int, engine: str, workspace: Path) -> None:
     from pytriton.model_config import DynamicBatcher, ModelConfig, Tensor
     from pytriton.triton import Triton, TritonConfig, TritonSecurityConfig
 
-    signal.signal(signal.SIGTERM, signal.default_int_handler)
     device = device or ("cuda" if torch.cuda.is_available() else "cpu")
     resolved = resolve_weights(spec, weights, init_seed=init_seed)
     infer = make_infer_fn(spec, resolved, device, engine)
@@ -64,7 +102,7 @@ def serve(
         http_port=http_port, grpc_port=grpc_port, metrics_port=metrics_port,
         log_verbose=0, exit_timeout_secs=5,
     )
-    with Triton(config=config, security_config=security) as triton:
+    with Triton(config=config, security_config=security, workspace=workspace) as triton:
         triton.bind(
             model_name=constants.TRITON_MODEL,
             infer_func=infer,
@@ -81,7 +119,4 @@ def serve(
         )
         log.info("serving %s (%s weights) on %s grpc=%d http=%d device=%s engine=%s", spec.name, resolved.label, host, grpc_port, http_port, device, engine)
         print(f"pfmbench: serving {spec.name} on {host}:{grpc_port} (grpc)", flush=True)
-        try:
-            triton.serve()
-        except KeyboardInterrupt:
-            log.info("stopping")
+        triton.serve()

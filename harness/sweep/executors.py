@@ -29,6 +29,7 @@ from pathlib import Path
 from harness import constants
 from harness.results.schema import ResultRow
 from harness.sweep.grid import Job
+from harness.util.procgroup import spawn_group, stop_group
 
 ROW_PREFIX = "@pfmbench-row "
 
@@ -63,21 +64,19 @@ def run_attempt(cmd: list[str], env: dict[str, str] | None = None, timeout_s: fl
 
     ``live`` (if given) holds the process while it runs, so an interrupted driver can stop it at once.
     """
-    from harness.runtime.local import die_with_parent, stop_group
-
     started = time.perf_counter()
-    proc = subprocess.Popen(cmd, stdout=subprocess.PIPE, stderr=subprocess.PIPE, stdin=subprocess.DEVNULL, text=True,
-                            env={**os.environ, "PYTHONUNBUFFERED": "1", **(env or {})}, start_new_session=True, preexec_fn=die_with_parent)
+    proc = spawn_group(cmd, stdout=subprocess.PIPE, stderr=subprocess.PIPE, stdin=subprocess.DEVNULL, text=True,
+                       env={**os.environ, "PYTHONUNBUFFERED": "1", **(env or {})})
     if live is not None:
         live.add(proc)
     try:
         out, err = proc.communicate(timeout=timeout_s)
     except subprocess.TimeoutExpired:
-        stop_group(proc)  # type: ignore[arg-type]
+        stop_group(proc)
         return Attempt(False, None, f"timed out after {timeout_s:.0f} s", time.perf_counter() - started, os.uname().nodename)
     finally:
         if proc.poll() is None:
-            stop_group(proc)  # type: ignore[arg-type]
+            stop_group(proc)
         if live is not None:
             live.discard(proc)
     wall = time.perf_counter() - started
@@ -170,8 +169,6 @@ class LocalExecutor:
 
     def close(self) -> None:
         """Stop what still runs (an interrupted sweep: Ctrl-C), then the shared servers. Finished rows are already stored."""
-        from harness.runtime.local import stop_group
-
         self.pending.clear()
         for proc in list(self.live):
             stop_group(proc, grace_s=5.0)
@@ -181,7 +178,14 @@ class LocalExecutor:
 
 
 class RayExecutor:
-    """Jobs as Ray tasks. ``address``: a running cluster (``ray start --head``), or None for a local one."""
+    """Jobs as Ray tasks. ``address``: a running cluster (``ray start --head``), or None for a private local one.
+
+    Without an address the driver starts a fresh Ray of its own (``address="local"``: never
+    a cluster some earlier ``ray start`` left in ``/tmp/ray``), dashboard off, and shuts it
+    down in :meth:`close`. Ray 2.60 binds its GCS and raylet to every interface whatever
+    node address it is given (127.0.0.1 is rewritten to the node's IP); what guards those
+    ports is Ray's token authentication, on by default since 2.5x (docs/sweeps.md).
+    """
 
     name = "ray"
 
@@ -191,8 +195,9 @@ class RayExecutor:
 
         self.ray = ray
         self.results_dir, self.data_dir, self.timeout_s = results_dir, data_dir, timeout_s
+        self.owns_cluster = not ray.is_initialized() and address is None
         if not ray.is_initialized():
-            ray.init(address=address, include_dashboard=False, logging_level=logging.ERROR, log_to_driver=False)
+            ray.init(address=address or "local", include_dashboard=False, logging_level=logging.ERROR, log_to_driver=False)
         self.remote = ray.remote(num_cpus=cpus_per_job, num_gpus=gpus_per_job, max_retries=0)(_ray_attempt)
         self.refs: dict[object, Job] = {}
 
@@ -223,6 +228,8 @@ class RayExecutor:
         for ref in list(self.refs):
             self.ray.cancel(ref, force=True)
         self.refs.clear()
+        if self.owns_cluster:
+            self.ray.shutdown()  # the local Ray this driver started, and only that one
 
 
 def _ray_attempt(cmd: list[str], env: dict[str, str] | None, timeout_s: float | None) -> str:

@@ -27,10 +27,10 @@ from harness.config import RunConfig
 from harness.errors import PfmbenchError, TrainJobError
 from harness.results.schema import ResultRow
 from harness.run.plan import Plan
-from harness.runtime.local import die_with_parent, stop_group
 from harness.runtime.owners import RUN_LABEL, owner_labels, reap_orphan_containers
 from harness.train.job import CHECKPOINT_FILE, JOB_FILE, RESULT_FILE, JobSpec, parse_event, run_job
 from harness.util.atomic import atomic_write_json
+from harness.util.procgroup import spawn_group, stop_group
 from harness.util.progress import progress_bar
 
 log = logging.getLogger("pfmbench.train")
@@ -58,14 +58,14 @@ def _follow(lines: Iterable[str], on_event: Callable[[dict], None], tail: collec
 def _run_local(run_dir: Path, on_event: Callable[[dict], None]) -> None:
     env = {**os.environ, "PYTHONUNBUFFERED": "1"}
     tail: collections.deque = collections.deque(maxlen=40)
-    proc = subprocess.Popen(_job_command(run_dir, sys.executable), stdout=subprocess.PIPE, stderr=subprocess.STDOUT, stdin=subprocess.DEVNULL,
-                            text=True, env=env, start_new_session=True, preexec_fn=die_with_parent)
+    proc = spawn_group(_job_command(run_dir, sys.executable), stdout=subprocess.PIPE, stderr=subprocess.STDOUT, stdin=subprocess.DEVNULL,
+                       text=True, env=env)
     try:
         _follow(proc.stdout, on_event, tail)  # type: ignore[arg-type]
         proc.wait()
     finally:
         if proc.poll() is None:  # interrupted (Ctrl-C): stop the job's whole group
-            stop_group(proc)  # type: ignore[arg-type]
+            stop_group(proc)
     if proc.returncode != 0:
         raise TrainJobError("local process", proc.returncode, "\n".join(tail))
 

@@ -4,7 +4,8 @@ A process killed with SIGKILL at any instant leaves the previous version or the 
 one, never a torn file (``os.replace`` and ``rename`` are atomic within a POSIX
 filesystem). The temporary is a dotfile ending in ``.tmp``, so no glob of real entries
 (``*.parquet``, ``*.json``) ever matches it, and it is removed on every failure path;
-one left by a SIGKILL is removed by :func:`remove_stale_temporaries`.
+its writer holds a lock on it (:mod:`harness.util.leases`), so one left by a SIGKILL is
+told from one being written and removed by :func:`remove_stale_temporaries`.
 """
 
 from __future__ import annotations
@@ -17,6 +18,8 @@ from collections.abc import Callable, Iterator
 from contextlib import contextmanager
 from pathlib import Path
 from typing import IO, Any
+
+from harness.util.leases import hold, release, remove_unheld
 
 TMP_SUFFIX = ".tmp"
 
@@ -34,15 +37,21 @@ def atomic_write(path: Path, write: Callable[[IO[bytes]], object]) -> Path:
     ``mkstemp``'s 0600: rows and cards are read by other users of a shared store.
     """
     path.parent.mkdir(parents=True, exist_ok=True)
-    fd, tmp = tempfile.mkstemp(prefix=f".{path.name}.", suffix=TMP_SUFFIX, dir=path.parent)
+    while True:
+        fd, tmp = tempfile.mkstemp(prefix=f".{path.name}.", suffix=TMP_SUFFIX, dir=path.parent)
+        lease = hold(tmp)
+        if lease is not None:
+            break
+        os.close(fd)  # a sweeper took it for a dead writer's: start again
     try:
         with os.fdopen(fd, "wb") as f:
             write(f)
             f.flush()
             os.fsync(f.fileno())
-        os.chmod(tmp, 0o666 & ~_umask())
-        os.replace(tmp, path)
+            os.chmod(tmp, 0o666 & ~_umask())
+            os.replace(tmp, path)  # while the lease is held: a sweeper never sees it unheld under its temporary name
     finally:
+        release(lease)
         if os.path.exists(tmp):
             os.unlink(tmp)
     return path
@@ -64,7 +73,8 @@ def atomic_directory(target: Path) -> Iterator[Path]:
     the temporary is discarded. On failure nothing is left behind.
     """
     target.parent.mkdir(parents=True, exist_ok=True)
-    tmp = Path(tempfile.mkdtemp(prefix=f".{target.name}.", suffix=TMP_SUFFIX, dir=target.parent))
+    while (lease := hold(tmp := Path(tempfile.mkdtemp(prefix=f".{target.name}.", suffix=TMP_SUFFIX, dir=target.parent)))) is None:
+        pass  # a sweeper took it for a dead writer's: start again
     try:
         yield tmp
         try:
@@ -73,23 +83,11 @@ def atomic_directory(target: Path) -> Iterator[Path]:
             if not target.is_dir():  # not a concurrent writer: a real failure
                 raise
     finally:
+        release(lease)
         if tmp.exists():
             shutil.rmtree(tmp, ignore_errors=True)
 
 
-def remove_stale_temporaries(folder: Path, older_than_s: float = 0.0) -> int:
-    """Delete temporaries left in ``folder`` by killed writers (those not modified for ``older_than_s``); returns how many."""
-    import time
-
-    if not folder.is_dir():
-        return 0
-    now, count = time.time(), 0
-    for entry in folder.glob(f".*{TMP_SUFFIX}"):
-        try:
-            if now - entry.stat().st_mtime < older_than_s:
-                continue
-            shutil.rmtree(entry) if entry.is_dir() else entry.unlink()
-            count += 1
-        except OSError:
-            continue  # another process removed or renamed it first
-    return count
+def remove_stale_temporaries(folder: Path) -> int:
+    """Delete the temporaries in ``folder`` whose writers were killed (nobody holds them); returns how many."""
+    return remove_unheld(folder.glob(f".*{TMP_SUFFIX}")) if folder.is_dir() else 0

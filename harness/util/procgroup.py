@@ -1,0 +1,151 @@
+"""Child process groups that cannot outlive the harness: spawn, stop, and the child's own side.
+
+Everything the harness runs on this machine (a model server, a training job, a sweep job)
+is started by :func:`spawn_group`: in its own session, so one ``killpg`` reaches the child
+and whatever it started (Triton, its Python backend stubs, data-loader workers), and with
+``PR_SET_PDEATHSIG``, so the kernel tells it when the harness dies, even by SIGKILL.
+
+Being told is not enough: a Triton server asked to stop while a request is in flight can
+take tens of seconds, or hang. So a group leader calls :func:`die_with_parent_promptly`:
+when the SIGTERM arrives and its parent is gone, it gets :data:`ORPHAN_GRACE_S` to shut
+down cleanly, then its whole group is SIGKILLed. A normal stop (SIGTERM from a live
+parent) gets :data:`STOP_GRACE_S` for the clean shutdown that removes Triton's shared
+memory and workspace.
+"""
+
+from __future__ import annotations
+
+import ctypes
+import os
+import signal
+import subprocess
+import threading
+import time
+from collections.abc import Callable
+from pathlib import Path
+from typing import Any
+
+_PR_SET_PDEATHSIG = 1
+#: seconds a group leader whose parent died gets before its group is SIGKILLed
+ORPHAN_GRACE_S = 1.0
+#: seconds a group leader asked to stop by its live parent gets for a clean shutdown
+STOP_GRACE_S = 12.0
+
+
+def _set_parent_death_signal() -> None:  # runs in the child between fork and exec
+    try:
+        ctypes.CDLL("libc.so.6", use_errno=True).prctl(_PR_SET_PDEATHSIG, signal.SIGTERM)
+    except OSError:
+        pass
+
+
+def spawn_group(cmd: list[str], **popen: Any) -> subprocess.Popen:
+    """Start ``cmd`` as the leader of a new session that is sent SIGTERM when this process dies.
+
+    The parent-death signal follows the *thread* that forks: spawn from a thread that
+    lives as long as the child should (the main thread, or a pool torn down after it).
+    """
+    return subprocess.Popen(cmd, start_new_session=True, preexec_fn=_set_parent_death_signal, **popen)
+
+
+def stop_group(proc: subprocess.Popen, grace_s: float = 15.0) -> None:
+    """SIGTERM the group's leader (clean shutdown), then SIGKILL anything left in its group, and wait until it is gone."""
+    pgid = proc.pid  # spawn_group: the group id is the leader's pid
+    if proc.poll() is None:
+        try:
+            os.killpg(pgid, signal.SIGTERM)
+        except ProcessLookupError:
+            pass
+        try:
+            proc.wait(timeout=grace_s)
+        except subprocess.TimeoutExpired:
+            pass
+    try:
+        os.killpg(pgid, signal.SIGKILL)
+    except (ProcessLookupError, PermissionError):
+        pass
+    proc.wait()
+    wait_until_group_is_gone(pgid)
+
+
+def wait_until_group_is_gone(pgid: int, timeout_s: float = 10.0, but: int | None = None) -> None:
+    """Return once no live process is left in ``pgid``.
+
+    SIGKILL is delivered at once but a process that maps gigabytes (a Triton backend stub
+    with its shared-memory pools) takes a moment to be torn down, and it was reparented
+    when Triton died, so ``proc.wait()`` does not cover it. Waiting here means "stopped"
+    really means gone. Zombies count as gone: their reaping is up to whoever adopted them.
+    ``but``: a member not waited for (the caller itself, when it leads the group).
+    """
+    deadline = time.monotonic() + timeout_s
+    while [p for p in live_members(pgid) if p != but] and time.monotonic() < deadline:
+        time.sleep(0.05)
+
+
+def live_members(pgid: int) -> list[int]:
+    """Pids of non-zombie processes in group ``pgid`` (Linux ``/proc``; empty elsewhere)."""
+    members = []
+    for stat in Path("/proc").glob("[0-9]*/stat"):
+        try:
+            fields = stat.read_text().rsplit(")", 1)[1].split()
+        except (OSError, IndexError):
+            continue
+        if fields[0] not in ("Z", "X") and int(fields[2]) == pgid:
+            members.append(int(stat.parent.name))
+    return members
+
+
+def kill_own_group() -> None:
+    """SIGKILL every other live member of this process's group (only when it leads the group) and wait until they are gone."""
+    me = os.getpid()
+    if os.getpgrp() != me:
+        return
+    for pid in live_members(me):
+        if pid != me:
+            try:
+                os.kill(pid, signal.SIGKILL)
+            except ProcessLookupError:
+                pass
+    wait_until_group_is_gone(me, but=me)
+
+
+def command_line(pid: int) -> str:
+    """``pid``'s command line, arguments joined by spaces ("" once it is gone)."""
+    try:
+        return Path(f"/proc/{pid}/cmdline").read_bytes().replace(b"\0", b" ").decode(errors="replace")
+    except OSError:
+        return ""
+
+
+def die_with_parent_promptly(on_stop: type[BaseException] = KeyboardInterrupt, reap: Callable[[], None] = kill_own_group) -> None:
+    """In a group leader's main thread: turn SIGTERM into ``on_stop`` with a deadline behind it.
+
+    The first SIGTERM raises ``on_stop`` (for a clean shutdown) and arms a watchdog thread:
+    after :data:`ORPHAN_GRACE_S` once the parent is gone (the parent-death signal, or a
+    parent that dies while waiting for the stop it asked for), else after
+    :data:`STOP_GRACE_S`, it calls ``reap`` (by default: SIGKILL the rest of the group)
+    and exits. Further SIGTERMs do not interrupt the shutdown in
+    progress.
+    """
+    parent = os.getppid()
+    armed = threading.Event()
+
+    def watchdog() -> None:
+        deadline = time.monotonic() + STOP_GRACE_S
+        while time.monotonic() < deadline:
+            if os.getppid() != parent:  # orphaned, now or while stopping at its parent's request
+                deadline = min(deadline, time.monotonic() + ORPHAN_GRACE_S)
+            time.sleep(0.05)
+        try:
+            reap()
+        finally:
+            os._exit(128 + signal.SIGTERM)
+
+    def on_term(signum: int, frame: object) -> None:
+        if armed.is_set():
+            return
+        armed.set()
+        threading.Thread(target=watchdog, name="shutdown-watchdog", daemon=True).start()
+        raise on_stop()
+
+    signal.signal(signal.SIGTERM, on_term)

@@ -36,6 +36,15 @@ def test_unknown_model_is_one_line_listing_the_models():
     assert lines[0].startswith("error: unknown model 'nosuch'; known models: ") and "phikon" in lines[0] and "uni" in lines[0]
 
 
+def test_startup_timeout_is_an_option_and_a_server_too_slow_for_it_is_one_line_and_leaves_nothing(tmp_path, no_leftover_servers):
+    res = run("bench", "-m", "phikon", "-d", "nuclei-sample", "--runtime", "local", "--startup-timeout", "1", "--no-progress",
+              "--results-dir", str(tmp_path))
+    assert res.returncode == 1
+    lines = res.stderr.strip().splitlines()
+    assert len(lines) == 1 and "did not become healthy within 1 s" in lines[0] and "--startup-timeout" in lines[0], res.stderr
+    assert read_rows(tmp_path) == []
+
+
 def test_models_table_lists_the_zoo_with_image_and_weights_status(tmp_path):
     weights = tmp_path / "weights"
     (weights / "phikon").mkdir(parents=True)

@@ -9,6 +9,7 @@ import shutil
 import signal
 import subprocess
 import sys
+from pathlib import Path
 
 import numpy as np
 import pytest
@@ -130,6 +131,33 @@ def test_expert_terms_fall_with_the_teacher_cache(tmp_path):
             key = f"{name}.{term}"
             assert result.last[key] < result.first[key] - 0.01, (key, result.first[key], result.last[key])
     assert (tmp_path / "run" / "student.pt").is_file()
+
+
+@pytest.mark.slow
+def test_teacher_features_live_in_the_feature_cache_and_a_killed_run_resumes_without_recomputing_them(tmp_path):
+    run = tmp_path / "run"
+    cmd = [sys.executable, "-m", "harness", "distill", "run", "--out", str(run), "--steps", "8", "--batch-size", "2", "--max-images", "4",
+           "--checkpoint-every", "3", "--runtime", "inprocess", "--teacher-cache", "--no-progress"]
+    first = subprocess.Popen(cmd, stdout=subprocess.PIPE, stderr=subprocess.PIPE, start_new_session=True)
+    log = run / LOSSES
+
+    def checkpointed() -> bool:
+        assert first.poll() is None, first.communicate()
+        return (run / "checkpoint.pt").exists() and log.exists() and len(log.read_text().splitlines()) >= 4
+
+    wait_until(checkpointed, 300, "a checkpoint and four logged steps")
+    os.kill(first.pid, signal.SIGKILL)
+    first.wait()
+    entries = sorted(p.name for p in Path(os.environ["PFMBENCH_FEATURES"]).iterdir() if not p.name.startswith("."))
+    assert len(entries) == 4  # CLS and grid of each of the two teachers, written before the first step
+
+    done = subprocess.run(cmd, capture_output=True, text=True, timeout=600)
+    assert done.returncode == 0, done.stderr
+    assert "resumed from the checkpoint at step 3" in done.stdout
+    assert "teacher features of the fixed views: phikon, uni from the feature cache" in done.stdout, done.stdout
+    steps = [json.loads(line)["step"] for line in log.read_text().splitlines()]
+    assert steps == list(range(1, 9))  # the loss curve continues: no step lost or doubled
+    assert sorted(p.name for p in Path(os.environ["PFMBENCH_FEATURES"]).iterdir() if not p.name.startswith(".")) == entries
 
 
 @pytest.mark.slow

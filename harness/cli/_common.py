@@ -97,5 +97,9 @@ EpochsOpt = Annotated[Optional[int], typer.Option(help="Training epochs (default
 InputSizeOpt = Annotated[Optional[int], typer.Option(help="Square input size in px (default: the card's rule for the model's patch size).", min=1)]
 ResultsOpt = Annotated[Optional[Path], typer.Option("--results-dir", help="Results store (default: ./results or $PFMBENCH_RESULTS).")]
 DataDirOpt = Annotated[Optional[Path], typer.Option("--data-dir", help="Where datasets live (default: ~/.cache/pfmbench/data or $PFMBENCH_DATA).")]
+StartupTimeoutOpt = Annotated[float, typer.Option(help="Seconds a model server may take to become healthy (a large model on a CPU loads slowly). "
+                                                          "Default: $PFMBENCH_STARTUP_TIMEOUT, else 180.", min=1)]
+RequestTimeoutOpt = Annotated[float, typer.Option(help="Seconds one inference request may take before it is retried "
+                                                          "($PFMBENCH_REQUEST_RETRIES times, backoff 1, 2, 4 s). Default: $PFMBENCH_REQUEST_TIMEOUT, else 300.", min=1)]
 ProgressOpt = Annotated[bool, typer.Option(help="Show progress bars.")]
 OutJsonOpt = Annotated[Path, typer.Option("--out", help="Where to write the JSON results.")]

@@ -7,6 +7,7 @@ from typing import Annotated, Any, Optional
 import typer
 from rich.table import Table
 
+from harness import constants
 from harness.cli._app import app
 from harness.cli._common import (
     DataDirOpt,
@@ -18,9 +19,11 @@ from harness.cli._common import (
     ModelsOpt,
     PresetChoice,
     ProgressOpt,
+    RequestTimeoutOpt,
     ResultsOpt,
     RuntimeOpt,
     SeedOpt,
+    StartupTimeoutOpt,
     StrategiesOpt,
     TaskChoice,
     WeightsOpt,
@@ -65,6 +68,8 @@ def bench(
     results_dir: ResultsOpt = None,
     data_dir: DataDirOpt = None,
     progress: ProgressOpt = True,
+    startup_timeout: StartupTimeoutOpt = constants.STARTUP_TIMEOUT_S,
+    request_timeout: RequestTimeoutOpt = constants.REQUEST_TIMEOUT_S,
 ) -> None:
     """Run models x datasets x strategies and append one row per run to the results store.
 
@@ -87,7 +92,8 @@ def bench(
     # every configuration is resolved before the first run starts: a typo fails at once
     grid = expand_grid(task_name, models, datasets, split_list(strategy), [seed], runtime="endpoint" if endpoint else str(value(runtime)),
                        preset=value(preset), weights=weights, epochs=epochs, batch_size=batch_size, lr=lr, input_size=input_size, **seg)
-    ctx = RunContext(results_dir=results_dir, data_dir=data_dir, show_progress=progress, endpoint=endpoint, feature_cache=feature_cache, notify=notify)
+    ctx = RunContext(results_dir=results_dir, data_dir=data_dir, show_progress=progress, endpoint=endpoint, feature_cache=feature_cache, notify=notify,
+                     startup_timeout_s=startup_timeout, request_timeout_s=request_timeout)
     for i, (cfg, why) in enumerate(grid, 1):
         count = f"[{i}/{len(grid)}] " if len(grid) > 1 else ""
         what = f"{cfg.strategy}, {cfg.epochs} epochs, inference {cfg.inference}" if task_name == "segmentation" else cfg.task  # type: ignore[union-attr]

@@ -53,6 +53,8 @@ def distill_run(
     result = distill(cfg, out_dir, data_dir=data_dir, show_progress=progress)
     if result.resumed_from:
         out.print(f"resumed from the checkpoint at step {result.resumed_from}")
+    if cfg.teacher_cache:
+        out.print(f"teacher features of the fixed views: {result.teacher_features}")
     t = Table(title=f"loss terms: mean of the first and last tenth of the steps after the teacher-temperature warm-up ({cfg.teacher_temp_warmup_steps} steps)")
     for col in ("term", "first", "last"):
         t.add_column(col, justify="left" if col == "term" else "right")

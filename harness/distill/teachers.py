@@ -16,6 +16,7 @@ from dataclasses import dataclass
 
 import numpy as np
 
+from harness.client.feature_cache import FeatureCache, FeatureKey, host_environment, pixels_hash
 from harness.models.spec import ModelSpec, get_spec
 from harness.models.weights import resolve_weights
 from harness.runtime import Runtime, make_runtime
@@ -69,41 +70,98 @@ class TeacherPool(contextlib.AbstractContextManager):
         tokens, cls = self.runtimes[name].infer(crops, (spec.depth - 1,))
         return TeacherOutput(cls[:, 0], tokens[:, 0])
 
-    def submit(self, crops: np.ndarray) -> Future:
-        """Ask every teacher for ``crops`` at once; the future holds ``{name: TeacherOutput}``."""
+    def environment(self, name: str) -> str | None:
+        """What computes ``name``'s features: its image digest in a container, this host's torch and harness otherwise."""
+        if self.runtime_name == "docker":
+            from harness.run.plan import image_digest
+
+            return image_digest("docker", self.specs[name], None)
+        return host_environment()
+
+    def submit(self, crops: np.ndarray, names: tuple[str, ...] | None = None) -> Future:
+        """Ask every teacher (or those ``names``) for ``crops`` at once; the future holds ``{name: TeacherOutput}``."""
 
         def gather() -> dict[str, TeacherOutput]:
             started = time.perf_counter()
-            futures = {n: self._pool.submit(self._ask, n, crops) for n in self.runtimes}
+            futures = {n: self._pool.submit(self._ask, n, crops) for n in (names or tuple(self.runtimes))}
             out = {n: f.result() for n, f in futures.items()}
             self.request_s.append(time.perf_counter() - started)
             return out
 
         return self._gather.submit(gather)
 
-    def ask(self, crops: np.ndarray) -> dict[str, TeacherOutput]:
-        return self.submit(crops).result()
+    def ask(self, crops: np.ndarray, names: tuple[str, ...] | None = None) -> dict[str, TeacherOutput]:
+        return self.submit(crops, names).result()
 
 
 class TeacherCache:
-    """Teacher features of the fixed global views (the image resized, and its mirror), computed once."""
+    """Teacher features of the fixed global views (the image resized, and its mirror), computed once per image, ever.
 
-    def __init__(self, pool: TeacherPool, views: np.ndarray, batch: int = 16, on_batch=None) -> None:
+    With a :class:`~harness.client.feature_cache.FeatureCache` (``store``) the features
+    of each teacher live on disk under a key of everything they depend on (the teacher,
+    its weights and environment, the exact pixels of the views): a resumed or repeated run
+    reads them instead of asking the teachers again.
+    """
+
+    def __init__(self, pool: TeacherPool, views: np.ndarray, batch: int = 16, on_batch=None,
+                 store: FeatureCache | None = None, dataset: str = "") -> None:
         """``views``: uint8 ``[N, G, G, 3]``, one fixed view per image; the mirror is asked for too."""
-        chunks: dict[str, list[TeacherOutput]] = {n: [] for n in pool.runtimes}
-        for start in range(0, len(views), batch):
-            chunk = views[start:start + batch]
-            answer = pool.ask(np.ascontiguousarray(np.concatenate([chunk, chunk[:, :, ::-1]])))
-            for n, out in answer.items():  # [2b, ...] -> [2, b, ...]: view 0, then the mirror
-                chunks[n].append(TeacherOutput(out.cls.reshape(2, len(chunk), *out.cls.shape[1:]),
-                                               out.grid.reshape(2, len(chunk), *out.grid.shape[1:])))
-            if on_batch:
-                on_batch(len(chunk))
+        keys = teacher_keys(pool, views, dataset) if store is not None else {}
         #: per teacher, ``[2, N, ...]`` arrays: the two views of every image
-        self.features = {n: TeacherOutput(np.concatenate([c.cls for c in parts], axis=1), np.concatenate([c.grid for c in parts], axis=1))
-                         for n, parts in chunks.items()}
+        self.features: dict[str, TeacherOutput] = {}
+        for name, (cls_key, grid_key) in keys.items():
+            cls, grid = store.get(cls_key), store.get(grid_key)  # type: ignore[union-attr]
+            if cls is not None and grid is not None:
+                self.features[name] = TeacherOutput(np.asarray(cls), np.asarray(grid))
+        missing = tuple(n for n in pool.runtimes if n not in self.features)
+        #: teachers whose features were read from the store rather than computed
+        self.from_store = tuple(n for n in pool.runtimes if n in self.features)
+        if missing:
+            computed = _ask_views(pool, views, missing, batch, on_batch)
+            for name, out in computed.items():
+                if store is not None:
+                    cls_key, grid_key = keys[name]
+                    store.put(cls_key, [out.cls])
+                    store.put(grid_key, [out.grid])
+            self.features.update(computed)
+        elif on_batch:
+            on_batch(len(views))
 
     def lookup(self, index: np.ndarray) -> dict[str, TeacherOutput]:
         """Features of the fixed views of images ``index``, view-major like :class:`~harness.distill.crops.Batch`."""
         return {n: TeacherOutput(f.cls[:, index].reshape(-1, *f.cls.shape[2:]), f.grid[:, index].reshape(-1, *f.grid.shape[2:]))
                 for n, f in self.features.items()}
+
+
+def _ask_views(pool: TeacherPool, views: np.ndarray, names: tuple[str, ...], batch: int, on_batch) -> dict[str, TeacherOutput]:
+    chunks: dict[str, list[TeacherOutput]] = {n: [] for n in names}
+    for start in range(0, len(views), batch):
+        chunk = views[start:start + batch]
+        answer = pool.ask(np.ascontiguousarray(np.concatenate([chunk, chunk[:, :, ::-1]])), names)
+        for n, out in answer.items():  # [2b, ...] -> [2, b, ...]: view 0, then the mirror
+            chunks[n].append(TeacherOutput(out.cls.reshape(2, len(chunk), *out.cls.shape[1:]),
+                                           out.grid.reshape(2, len(chunk), *out.grid.shape[1:])))
+        if on_batch:
+            on_batch(len(chunk))
+    return {n: TeacherOutput(np.concatenate([c.cls for c in parts], axis=1), np.concatenate([c.grid for c in parts], axis=1))
+            for n, parts in chunks.items()}
+
+
+def teacher_keys(pool: TeacherPool, views: np.ndarray, dataset: str) -> dict[str, tuple[FeatureKey, FeatureKey]]:
+    """Per teacher, the feature-cache keys of its CLS and grid features of ``views`` (and their mirrors).
+
+    A teacher in a container is keyed by its image digest; one without a known digest is
+    not cached (its code is unknown), like a segmentation run against ``--endpoint``.
+    """
+    pixels = pixels_hash([views])
+    keys = {}
+    for name, spec in pool.specs.items():
+        environment = pool.environment(name)
+        if environment is None:
+            continue
+        w = pool.weights[name]
+        weights = f"random:{w.init_seed}" if w.kind == "random" else w.label
+        common = (spec.name, spec.spec_hash(), environment, weights, dataset, "")
+        keys[name] = tuple(FeatureKey(*common, f"distill-global-views:{part}", pixels, int(views.shape[1]), (spec.depth - 1,))
+                           for part in ("cls", "grid"))
+    return keys  # type: ignore[return-value]

@@ -25,6 +25,7 @@ import numpy as np
 import torch
 from torch import nn
 
+from harness.client.feature_cache import FeatureCache
 from harness.data.cards import get_card
 from harness.data.formats import read_image
 from harness.data.loader import dataset_root, discover, split
@@ -263,6 +264,7 @@ class DistillResult:
     first: dict[str, float]  # mean of each loss term over the first tenth of the steps after the teacher-temperature warm-up
     last: dict[str, float]  # ... and over the last tenth
     transfer: str
+    teacher_features: str = "asked every step"  # with the teacher cache: which teachers' features were read from disk, which computed
 
 
 def loss_trend(rows: list[dict[str, float]], settled_from: int = 0) -> tuple[dict[str, float], dict[str, float]]:
@@ -300,11 +302,15 @@ def distill(cfg: DistillConfig, run_dir: Path, data_dir: Path | None = None, sho
         resumed_from = model.step_index
         _trim_log(log_path, resumed_from)
         cache = None
+        teacher_features = "asked every step"
         with progress_bar(show_progress) as bar:
             if cfg.teacher_cache:
                 views = np.stack([fixed_global_view(im, cfg.global_size) for im in images])
                 task = bar.add_task(f"teacher features ({', '.join(cfg.teachers)}), once", total=len(views), info="")
-                cache = TeacherCache(pool, views, on_batch=lambda n: bar.advance(task, n))
+                cache = TeacherCache(pool, views, on_batch=lambda n: bar.advance(task, n), store=FeatureCache(), dataset=cfg.dataset)
+                computed = [n for n in cfg.teachers if n not in cache.from_store]
+                teacher_features = "; ".join(p for p in (f"{', '.join(cache.from_store)} from the feature cache" if cache.from_store else "",
+                                                         f"{', '.join(computed)} computed" if computed else "") if p)
                 pool.request_s.clear()  # the step timings below are about steps
             task = bar.add_task("distill", total=cfg.steps, completed=resumed_from, info="")
             times = StepTimes([], [])
@@ -336,4 +342,4 @@ def distill(cfg: DistillConfig, run_dir: Path, data_dir: Path | None = None, sho
     save_checkpoint({"backbone": model.student.backbone.state_dict(), "config": cfg.model_dump(mode="json")}, run_dir / STUDENT)
     rows = [json.loads(line) for line in log_path.read_text().splitlines()]
     first, last = loss_trend(rows, cfg.teacher_temp_warmup_steps)
-    return DistillResult(run_dir, cfg.steps, resumed_from, times.summary(), first, last, transfer)
+    return DistillResult(run_dir, cfg.steps, resumed_from, times.summary(), first, last, transfer, teacher_features)

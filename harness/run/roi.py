@@ -82,12 +82,11 @@ def _run_roi(plan: Plan, ctx: RunContext) -> ResultRow:
     started = time.perf_counter()
     cfg, spec, card, size, digest, key = plan.cfg, plan.spec, plan.card, plan.size, plan.image_digest, plan.run_key
     assert isinstance(cfg, RoiConfig), "an ROI plan carries a RoiConfig"
-    data_dir, endpoint, image, show_progress = ctx.data_dir, ctx.endpoint, ctx.image, ctx.show_progress
+    data_dir, endpoint, show_progress = ctx.data_dir, ctx.endpoint, ctx.show_progress
     weights = plan.weights
     parts = split(card, discover(card, dataset_root(card, data_dir)))
     labels = {name: roi_labels(card, parts[name]) for name in SPLITS}
-    runtime_kwargs = {"image": image} if image else {}
-    with make_runtime(cfg.runtime, spec, weights, endpoint=endpoint, **runtime_kwargs) as runtime, progress_bar(show_progress) as bar:
+    with make_runtime(cfg.runtime, spec, weights, endpoint=endpoint, **ctx.runtime_options()) as runtime, progress_bar(show_progress) as bar:
         task = bar.add_task(f"CLS embeddings {spec.name} ({runtime.name})", total=sum(len(p) for p in parts.values()), info=f"{size}px")
         feats = {name: embed(runtime, spec, iter_roi_images(card, parts[name], size), lambda n: bar.advance(task, n)) for name in SPLITS}
         transfer, digest = runtime.transfer, runtime.image_digest or digest

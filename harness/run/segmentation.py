@@ -73,7 +73,7 @@ class SegmentationTask:
 
     def compute(self, plan: Plan, ctx: RunContext) -> ResultRow:
         if _config(plan).strategy == "frozen":
-            return _run_frozen(plan, ctx.data_dir, ctx.show_progress, ctx.endpoint, ctx.image, FeatureCache() if ctx.feature_cache else None)
+            return _run_frozen(plan, ctx.data_dir, ctx.show_progress, ctx.endpoint, ctx.runtime_options(), FeatureCache() if ctx.feature_cache else None)
         return run_training_job(plan, ctx.results_dir, ctx.data_dir, ctx.show_progress, ctx.image, fresh=ctx.fresh)
 
     def after_write(self, plan: Plan, ctx: RunContext) -> None:
@@ -91,7 +91,7 @@ def _config(plan: Plan) -> RunConfig:
     return plan.cfg
 
 
-def _run_frozen(plan: Plan, data_dir: Path | None, show_progress: bool, endpoint: str | None, image: str | None,
+def _run_frozen(plan: Plan, data_dir: Path | None, show_progress: bool, endpoint: str | None, runtime_options: dict[str, object],
                 cache: FeatureCache | None) -> ResultRow:
     """The ``frozen`` strategy: features through the runtime once (or from the cache), then decoder epochs here."""
     started = time.perf_counter()
@@ -106,8 +106,7 @@ def _run_frozen(plan: Plan, data_dir: Path | None, show_progress: bool, endpoint
     with contextlib.ExitStack() as stack:
         runtime: Runtime | None = None
         if missing or cfg.inference == "slide":
-            runtime_kwargs = {"image": image} if image else {}
-            runtime = stack.enter_context(make_runtime(cfg.runtime, spec, plan.weights, endpoint=endpoint, **runtime_kwargs))
+            runtime = stack.enter_context(make_runtime(cfg.runtime, spec, plan.weights, endpoint=endpoint, **runtime_options))
             transfer, digest = runtime.transfer, runtime.image_digest
         if missing:
             assert runtime is not None

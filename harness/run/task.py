@@ -11,6 +11,7 @@ from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Protocol
 
+from harness import constants
 from harness.results.schema import ResultRow
 from harness.run.plan import Plan
 
@@ -28,6 +29,15 @@ class RunContext:
     #: Discard a checkpoint of the same key first (``--rerun``, ``reproduce``).
     fresh: bool = False
     notify: Callable[[str], None] = field(default=lambda message: None)
+    startup_timeout_s: float = constants.STARTUP_TIMEOUT_S  # --startup-timeout / PFMBENCH_STARTUP_TIMEOUT
+    request_timeout_s: float = constants.REQUEST_TIMEOUT_S  # --request-timeout / PFMBENCH_REQUEST_TIMEOUT
+
+    def runtime_options(self) -> dict[str, object]:
+        """Keyword arguments for :func:`~harness.runtime.make_runtime`: the image to run in, and the waits."""
+        options: dict[str, object] = {"startup_timeout_s": self.startup_timeout_s, "request_timeout_s": self.request_timeout_s}
+        if self.image:
+            options["image"] = self.image
+        return options
 
 
 class Task(Protocol):

@@ -26,14 +26,15 @@ class ServedOptions(TypedDict, total=False):
     """How any served runtime talks to its server (subclasses add where the server runs)."""
 
     startup_timeout_s: float
+    request_timeout_s: float
     transfer: Transfer
 
 
 class ServedRuntime(Runtime):
     def __init__(self, spec: ModelSpec, weights: ResolvedWeights, startup_timeout_s: float = constants.STARTUP_TIMEOUT_S,
-                 transfer: Transfer = "auto") -> None:
+                 transfer: Transfer = "auto", request_timeout_s: float = constants.REQUEST_TIMEOUT_S) -> None:
         super().__init__(spec, weights)
-        self.startup_timeout_s = startup_timeout_s
+        self.startup_timeout_s, self.request_timeout_s = startup_timeout_s, request_timeout_s
         self._transfer = transfer
         self.client: FeatureClient | None = None
         self._failed = False
@@ -60,7 +61,8 @@ class ServedRuntime(Runtime):
 
     def _connect(self, url: str, token: str | None, http_url: str | None = None) -> None:
         self.url, self.token = url, token  # other processes may share this server (pfmbench sweep)
-        self.client = FeatureClient(url, self.spec, token=token, transfer=self._transfer, alive=self.alive, http_url=http_url)
+        self.client = FeatureClient(url, self.spec, token=token, transfer=self._transfer, alive=self.alive, http_url=http_url,
+                                    timeout_s=self.request_timeout_s)
 
     def _wait_ready(self) -> None:
         assert self.client
@@ -80,7 +82,7 @@ class ServedRuntime(Runtime):
         raise ServerError(
             f"the model server for '{self.spec.name}' did not become healthy within {self.startup_timeout_s:.0f} s; "
             f"log tail: {' | '.join(self.logs(5).splitlines())}",
-            f"see {self.where_logs}; a large model on a CPU may need longer: set PFMBENCH_STARTUP_TIMEOUT=<seconds>",
+            f"see {self.where_logs}; a large model on a CPU may need longer: pass --startup-timeout <seconds> (or set PFMBENCH_STARTUP_TIMEOUT)",
         )
 
     def health(self) -> bool:

@@ -17,6 +17,9 @@ TASK     ?= segmentation
 OUT      ?= runs/distill
 DISTILL_ARGS ?=
 PYTEST_ARGS ?=
+# pytest-xdist workers; a test file runs whole on one worker (module fixtures, the docker daemon's tests)
+TEST_WORKERS ?= 2
+XDIST   = -n $(TEST_WORKERS) --dist loadfile
 FAST    := not slow and not docker and not ray and not gpu
 
 .PHONY: setup bench distill sweep report test test-all lint perf perf-zoo perf-train images base-offline lock clean help
@@ -28,7 +31,7 @@ help:
 	@echo "make distill [OUT=runs/distill DISTILL_ARGS=..]  distil served phikon + uni into a tiny student (resumable; docs/gpfm.md)"
 	@echo "make sweep GRID=grid.yaml [EXECUTOR=ray]  a grid of runs (docs/sweeps.md)"
 	@echo "make report                     leaderboard, figures, HTML page (report/report.html) from results/"
-	@echo "make test                       the fast tier (about 5 min on 2 cores, one real served row included)"
+	@echo "make test                       the fast tier (about 4 min on 2 cores with TEST_WORKERS=2, one real served row included)"
 	@echo "make test-all                   every test: slow, docker (needs a daemon and 'make images'), ray; what CI runs"
 	@echo "make lint                       ruff and mypy (configured in pyproject.toml), and the import-cycle check"
 	@echo "make perf [GPU=1]               served (shm, gRPC, HTTP, docker) vs in-process throughput, feature-cache epoch speed-up, streaming RSS (JSON in .perf/)"
@@ -59,10 +62,10 @@ report: setup
 	$(BIN)/pfmbench report --out report
 
 test: setup
-	$(BIN)/python -m pytest -m "$(FAST)" $(PYTEST_ARGS)
+	$(BIN)/python -m pytest -m "$(FAST)" $(XDIST) $(PYTEST_ARGS)
 
 test-all: setup
-	$(BIN)/python -m pytest $(PYTEST_ARGS)
+	$(BIN)/python -m pytest $(XDIST) $(PYTEST_ARGS)
 
 lint: setup
 	$(BIN)/ruff check harness tests tools

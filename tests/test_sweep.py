@@ -61,7 +61,7 @@ def test_without_an_address_the_ray_executor_starts_and_stops_a_private_cluster(
 
 @pytest.fixture(scope="module")
 def ray_cluster():
-    """A real local Ray cluster on 127.0.0.1 with 2 worker slots, started with `ray start --head`."""
+    """A real local Ray cluster with 2 worker slots, started with `ray start --head` (node address 127.0.0.1; Ray 2.60 binds all interfaces anyway)."""
     ray_bin = str(Path(sys.executable).parent / "ray")
     port = free_port()
     start = subprocess.run([ray_bin, "start", "--head", "--node-ip-address=127.0.0.1", f"--port={port}", "--num-cpus=2",

@@ -1,5 +1,9 @@
 """Chaos: ``bench`` killed with SIGKILL at random points, ten times, then run to the end.
 
+Kill points are drawn from the span of an uninterrupted run (learned again when a run
+finishes first). Before each run, a row left by a finished run is deleted and every third
+time the feature cache is cleared, so every kill interrupts real work rather than a skip.
+
 Whatever a kill interrupts (the server's start, extraction into the feature cache,
 decoder training, scoring, the row write), the rerun must end with exactly one row whose
 metrics equal an uninterrupted run's, and every kill must leave no process behind: the
@@ -12,6 +16,7 @@ from __future__ import annotations
 import json
 import os
 import random
+import shutil
 import signal
 import subprocess
 import sys
@@ -43,14 +48,25 @@ def _started_since(before: set[int]) -> list[tuple[int, int, str]]:
     return [p for p in processes() if p[0] not in before]
 
 
+def _cached_splits(features: Path) -> int:
+    return sum(1 for d in features.iterdir() if (d / "meta.json").exists()) if features.exists() else 0
+
+
+def _state(results: Path, features: Path) -> str:
+    """What a run starting now finds: a row (it skips), all three splits' features cached, or neither."""
+    if list((results / "rows").glob("*.parquet")):
+        return "row"
+    return "cached" if _cached_splits(features) == 3 else "fresh"
+
+
 def _phase(proc: subprocess.Popen, results: Path, features: Path) -> str:
     """Where the run was when it was killed, from what it had left on disk and in shared memory."""
-    if list((results / "rows").glob("*.parquet")) if (results / "rows").exists() else []:
+    state, cached = _state(results, features), _cached_splits(features)
+    if state == "row":
         return "row written"
-    cached = sum(1 for d in features.iterdir() if (d / "meta.json").exists()) if features.exists() else 0
     if list(Path("/dev/shm").glob(f"pfm_{proc.pid}_*")):
         return f"extracting ({cached} splits cached)"
-    return "features cached, no row yet (start-up, training or scoring)" if cached == 3 else f"starting ({cached} splits cached)"
+    return "features cached, no row yet (start-up, training or scoring)" if state == "cached" else f"starting ({cached} splits cached)"
 
 
 @pytest.mark.slow
@@ -58,27 +74,37 @@ def test_ten_random_kills_then_a_rerun_give_one_row_equal_to_an_uninterrupted_ru
     reference_dir, chaos_dir = tmp_path / "reference", tmp_path / "chaos"
     # Two uninterrupted runs: the row to match, and how long a run takes with and without
     # its features cached (the spans the kill points are drawn from; not targets).
-    span = {}
-    for cached, extra in ((False, ()), (True, ("--rerun",))):
+    span: dict[str, float] = {}
+    for state, extra in (("fresh", ()), ("cached", ("--rerun",))):
         started = time.monotonic()
         ref = _bench(reference_dir, tmp_path / "reference-features", *extra)
         _, err = ref.communicate(timeout=600)
         assert ref.returncode == 0, err
-        span[cached] = time.monotonic() - started
+        span[state] = time.monotonic() - started
     reference = read_rows(reference_dir)[0]
 
     rng = random.Random(17)
     features = tmp_path / "features"
     log, pids = [], []
-    while sum("orphans_gone_s" in e for e in log) < KILLS and len(log) < 3 * KILLS:
+    while sum("orphans_gone_s" in e for e in log) < KILLS and len(log) < 4 * KILLS:
+        # Every kill lands on real work: a row some run finished is deleted (as a user would), so the next run
+        # computes again instead of skipping, and every third time the feature cache is cleared too, so it extracts.
+        for row in (chaos_dir / "rows").glob("*.parquet"):
+            row.unlink()
+        if len(log) % 3 == 0:
+            shutil.rmtree(features, ignore_errors=True)
         before = {p[0] for p in processes()}
-        cached = features.exists() and sum(1 for d in features.iterdir() if (d / "meta.json").exists()) == 3
+        state = _state(chaos_dir, features)
+        started = time.monotonic()
         proc = _bench(chaos_dir, features)
         pids.append(proc.pid)
-        at = rng.uniform(0.5, 0.8 * span[cached])  # a run that finishes first leaves later ones only the skip path to kill
+        at = rng.uniform(0.1, 0.95) * span[state]
         try:
             proc.wait(timeout=at)
-            log.append({"at_s": round(at, 1), "phase": f"finished first (exit {proc.returncode})"})
+            # Finished first: this machine is faster now than during the reference runs. Learn how long a run
+            # from this state takes, so later kill points land inside it.
+            span[state] = time.monotonic() - started
+            log.append({"at_s": round(at, 1), "phase": f"finished first (exit {proc.returncode}, {state})"})
             continue
         except subprocess.TimeoutExpired:
             pass

@@ -133,12 +133,9 @@ def test_expert_terms_fall_with_the_teacher_cache(tmp_path):
     assert (tmp_path / "run" / "student.pt").is_file()
 
 
-@pytest.mark.slow
-def test_teacher_features_live_in_the_feature_cache_and_a_killed_run_resumes_without_recomputing_them(tmp_path):
-    run = tmp_path / "run"
-    cmd = [sys.executable, "-m", "harness", "distill", "run", "--out", str(run), "--steps", "8", "--batch-size", "2", "--max-images", "4",
-           "--checkpoint-every", "3", "--runtime", "inprocess", "--teacher-cache", "--no-progress"]
-    first = subprocess.Popen(cmd, stdout=subprocess.PIPE, stderr=subprocess.PIPE, start_new_session=True)
+def _kill_after_a_checkpoint(cmd: list[str], run: Path, env: dict[str, str] | None = None) -> Path:
+    """Start ``distill run``, SIGKILL it once a checkpoint and four logged steps exist; returns the loss log's path."""
+    first = subprocess.Popen(cmd, env=env, stdout=subprocess.PIPE, stderr=subprocess.PIPE, start_new_session=True)
     log = run / LOSSES
 
     def checkpointed() -> bool:
@@ -148,6 +145,15 @@ def test_teacher_features_live_in_the_feature_cache_and_a_killed_run_resumes_wit
     wait_until(checkpointed, 300, "a checkpoint and four logged steps")
     os.kill(first.pid, signal.SIGKILL)
     first.wait()
+    return log
+
+
+@pytest.mark.slow
+def test_teacher_features_live_in_the_feature_cache_and_a_killed_run_resumes_without_recomputing_them(tmp_path):
+    run = tmp_path / "run"
+    cmd = [sys.executable, "-m", "harness", "distill", "run", "--out", str(run), "--steps", "8", "--batch-size", "2", "--max-images", "4",
+           "--checkpoint-every", "3", "--runtime", "inprocess", "--teacher-cache", "--no-progress"]
+    log = _kill_after_a_checkpoint(cmd, run)
     entries = sorted(p.name for p in Path(os.environ["PFMBENCH_FEATURES"]).iterdir() if not p.name.startswith("."))
     assert len(entries) == 4  # CLS and grid of each of the two teachers, written before the first step
 
@@ -169,15 +175,7 @@ def test_served_teachers_kill_resume_export_and_bench(tmp_path, no_leftover_serv
     run = tmp_path / "run"
     cmd = [sys.executable, "-m", "harness", "distill", "run", "--out", str(run), "--steps", "8", "--batch-size", "2", "--max-images", "4",
            "--checkpoint-every", "3", "--runtime", "local", "--no-progress"]
-    first = subprocess.Popen(cmd, env=env, stdout=subprocess.PIPE, stderr=subprocess.PIPE, start_new_session=True)
-    log = run / LOSSES
-    def checkpointed() -> bool:
-        assert first.poll() is None, first.communicate()
-        return (run / "checkpoint.pt").exists() and log.exists() and len(log.read_text().splitlines()) >= 4
-
-    wait_until(checkpointed, 300, "a checkpoint and four logged steps")
-    os.kill(first.pid, signal.SIGKILL)
-    first.wait()
+    log = _kill_after_a_checkpoint(cmd, run, env)
     # the teachers' servers die with their parent (PDEATHSIG)
     wait_until(lambda: not [p for p in server_processes() if p[0] not in before], 20, "the teachers' servers to die with the killed run")
 

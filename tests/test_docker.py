@@ -104,6 +104,7 @@ def registry(tmp_path_factory):
     shutil.rmtree(work, ignore_errors=True)  # several GB of blobs
 
 
+@pytest.mark.timeout(1200)  # pushes and pulls the 3 GB image: 415-419 s alone on 2 cores, past 600 s when the cores are shared
 def test_docker_row_equals_local_row_then_reproduces_from_the_registry(client, registry, tmp_path, monkeypatch, no_leftover_containers, no_leftover_servers):
     lock = tmp_path / "images.lock"
     env = {"PFMBENCH_IMAGES_LOCK": str(lock), "HF_TOKEN": FAKE_TOKEN}

@@ -159,9 +159,7 @@ def teacher_keys(pool: TeacherPool, views: np.ndarray, dataset: str) -> dict[str
         environment = pool.environment(name)
         if environment is None:
             continue
-        w = pool.weights[name]
-        weights = f"random:{w.init_seed}" if w.kind == "random" else w.label
-        common = (spec.name, spec.spec_hash(), environment, weights, dataset, "")
+        common = (spec.name, spec.spec_hash(), environment, pool.weights[name].identity, dataset, "")
         keys[name] = tuple(FeatureKey(*common, f"distill-global-views:{part}", pixels, int(views.shape[1]), (spec.depth - 1,))
                            for part in ("cls", "grid"))
     return keys  # type: ignore[return-value]

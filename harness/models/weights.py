@@ -48,6 +48,11 @@ class ResolvedWeights:
         """What a result row records: ``random`` or ``sha256:<hex>``."""
         return "random" if self.kind == "random" else f"sha256:{self.sha256}"
 
+    @property
+    def identity(self) -> str:
+        """What features computed with these weights depend on: ``random:<init seed>`` or ``sha256:<hex>`` (feature-cache keys)."""
+        return f"random:{self.init_seed}" if self.kind == "random" else self.label
+
     def to_arg(self) -> str:
         """How to pass these weights to a server process (``random`` or a file path)."""
         return "random" if self.path is None else str(self.path)

@@ -60,9 +60,8 @@ def feature_keys(plan: Plan, data: dict[str, SplitArrays]) -> dict[str, FeatureK
     if cfg.runtime == "endpoint" or (cfg.runtime == "docker" and not plan.image_digest):
         return None
     environment = plan.image_digest if cfg.runtime == "docker" and plan.image_digest else host_environment()
-    weights = f"random:{plan.weights.init_seed}" if plan.weights.kind == "random" else plan.weights.label
     return {
-        name: FeatureKey(spec.name, spec.spec_hash(), environment, weights, plan.card.name, plan.card.card_hash(), name,
+        name: FeatureKey(spec.name, spec.spec_hash(), environment, plan.weights.identity, plan.card.name, plan.card.card_hash(), name,
                          pixels_hash([d.images]), plan.size, plan.blocks)
         for name, d in data.items()
     }

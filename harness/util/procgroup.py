@@ -6,11 +6,13 @@ and whatever it started (Triton, its Python backend stubs, data-loader workers),
 ``PR_SET_PDEATHSIG``, so the kernel tells it when the harness dies, even by SIGKILL.
 
 Being told is not enough: a Triton server asked to stop while a request is in flight can
-take tens of seconds, or hang. So a group leader calls :func:`die_with_parent_promptly`:
-when the SIGTERM arrives and its parent is gone, it gets :data:`ORPHAN_GRACE_S` to shut
-down cleanly, then its whole group is SIGKILLed. A normal stop (SIGTERM from a live
-parent) gets :data:`STOP_GRACE_S` for the clean shutdown that removes Triton's shared
-memory and workspace.
+take tens of seconds, or hang, and a Python signal handler only runs once the main thread
+gets back to Python code, which a main thread blocked in a C wait may not do for seconds.
+So a group leader calls :func:`die_with_parent_promptly`, which starts a watchdog thread
+that does not depend on the signal: once its parent is gone it allows
+:data:`ORPHAN_GRACE_S` for a clean shutdown, then SIGKILLs its whole group. A normal stop
+(SIGTERM from a live parent) gets :data:`STOP_GRACE_S` for the clean shutdown that
+removes Triton's shared memory and workspace.
 """
 
 from __future__ import annotations
@@ -26,17 +28,40 @@ from pathlib import Path
 from typing import Any
 
 _PR_SET_PDEATHSIG = 1
+_PR_GET_PDEATHSIG = 2
 #: seconds a group leader whose parent died gets before its group is SIGKILLed
 ORPHAN_GRACE_S = 1.0
 #: seconds a group leader asked to stop by its live parent gets for a clean shutdown
 STOP_GRACE_S = 12.0
+#: how often the watchdog looks at its parent
+WATCH_PERIOD_S = 0.05
 
 
-def _set_parent_death_signal() -> None:  # runs in the child between fork and exec
+def _libc() -> ctypes.CDLL | None:
     try:
-        ctypes.CDLL("libc.so.6", use_errno=True).prctl(_PR_SET_PDEATHSIG, signal.SIGTERM)
+        return ctypes.CDLL("libc.so.6", use_errno=True)
     except OSError:
-        pass
+        return None
+
+
+def _parent_death_signal_setter(parent: int) -> Callable[[], None]:
+    """What the child runs between fork and exec: ask for SIGTERM when ``parent`` dies.
+
+    A parent that died between the fork and the ``prctl`` sends no signal; the child sees
+    that it was already reparented and exits at once instead of running unwatched.
+    """
+    def set_it() -> None:
+        if (libc := _libc()) is not None:
+            libc.prctl(_PR_SET_PDEATHSIG, signal.SIGTERM)
+        if os.getppid() != parent:
+            os._exit(128 + signal.SIGTERM)
+    return set_it
+
+
+def _has_parent_death_signal() -> bool:
+    """Whether this process was started tied to its parent (by :func:`spawn_group`; survives exec)."""
+    libc, sig = _libc(), ctypes.c_int(0)
+    return libc is not None and libc.prctl(_PR_GET_PDEATHSIG, ctypes.byref(sig)) == 0 and sig.value != 0
 
 
 def spawn_group(cmd: list[str], **popen: Any) -> subprocess.Popen:
@@ -45,7 +70,7 @@ def spawn_group(cmd: list[str], **popen: Any) -> subprocess.Popen:
     The parent-death signal follows the *thread* that forks: spawn from a thread that
     lives as long as the child should (the main thread, or a pool torn down after it).
     """
-    return subprocess.Popen(cmd, start_new_session=True, preexec_fn=_set_parent_death_signal, **popen)
+    return subprocess.Popen(cmd, start_new_session=True, preexec_fn=_parent_death_signal_setter(os.getpid()), **popen)
 
 
 def stop_group(proc: subprocess.Popen, grace_s: float = 15.0) -> None:
@@ -118,34 +143,39 @@ def command_line(pid: int) -> str:
 
 
 def die_with_parent_promptly(on_stop: type[BaseException] = KeyboardInterrupt, reap: Callable[[], None] = kill_own_group) -> None:
-    """In a group leader's main thread: turn SIGTERM into ``on_stop`` with a deadline behind it.
+    """In a group leader's main thread: turn SIGTERM into ``on_stop``, with a deadline behind it.
 
-    The first SIGTERM raises ``on_stop`` (for a clean shutdown) and arms a watchdog thread:
-    after :data:`ORPHAN_GRACE_S` once the parent is gone (the parent-death signal, or a
-    parent that dies while waiting for the stop it asked for), else after
-    :data:`STOP_GRACE_S`, it calls ``reap`` (by default: SIGKILL the rest of the group)
-    and exits. Further SIGTERMs do not interrupt the shutdown in
-    progress.
+    A watchdog thread starts now. If this process was started tied to its parent
+    (:func:`spawn_group`), it looks at the parent every :data:`WATCH_PERIOD_S`; once the
+    parent is gone, it calls ``reap`` (by default: SIGKILL the rest of the group) and exits
+    :data:`ORPHAN_GRACE_S` later, whether or not the main thread has run the SIGTERM handler
+    yet. The first SIGTERM raises ``on_stop`` (for a clean shutdown) and gives that shutdown
+    :data:`STOP_GRACE_S`; later SIGTERMs do not interrupt it. A server started by hand or as a
+    container's PID 1 is not tied to a parent: only the SIGTERM deadline applies to it.
     """
-    parent = os.getppid()
-    armed = threading.Event()
+    parent, watch_parent = os.getppid(), _has_parent_death_signal()
+    stop_asked: list[float] = []
+
+    def deadline() -> float:
+        if watch_parent and os.getppid() != parent:
+            return time.monotonic() + ORPHAN_GRACE_S
+        return stop_asked[0] + STOP_GRACE_S if stop_asked else float("inf")
 
     def watchdog() -> None:
-        deadline = time.monotonic() + STOP_GRACE_S
-        while time.monotonic() < deadline:
-            if os.getppid() != parent:  # orphaned, now or while stopping at its parent's request
-                deadline = min(deadline, time.monotonic() + ORPHAN_GRACE_S)
-            time.sleep(0.05)
+        due = deadline()
+        while time.monotonic() < due:
+            time.sleep(WATCH_PERIOD_S)
+            due = min(due, deadline())
         try:
             reap()
         finally:
             os._exit(128 + signal.SIGTERM)
 
     def on_term(signum: int, frame: object) -> None:
-        if armed.is_set():
+        if stop_asked:
             return
-        armed.set()
-        threading.Thread(target=watchdog, name="shutdown-watchdog", daemon=True).start()
+        stop_asked.append(time.monotonic())
         raise on_stop()
 
     signal.signal(signal.SIGTERM, on_term)
+    threading.Thread(target=watchdog, name="shutdown-watchdog", daemon=True).start()

@@ -23,11 +23,12 @@ PYTEST_ARGS ?=
 TEST_WORKERS ?= 2
 FAST    := not slow and not docker and not ray and not gpu
 
-.PHONY: setup bench distill sweep report test test-all lint perf perf-zoo perf-train images base-offline lock clean help
+.PHONY: setup setup-gpu bench distill sweep report test test-all lint perf gpu-check perf-zoo perf-train images base-offline lock clean help
 
 help:
 	@echo "make setup                      create $(VENV) from requirements.lock"
-	@echo "make bench MODEL=.. DATASET=..  leaderboard rows [STRATEGY=frozen,lora,... WEIGHTS=random|hub|<dir> RUNTIME=auto|docker|local|inprocess EPOCHS SEED PRESET]; lists are comma-separated"
+	@echo "make setup-gpu                  on a GPU machine: add the GPU set (requirements-gpu.lock: onnxruntime-gpu)"
+	@echo "make bench MODEL=.. DATASET=..  leaderboard rows [STRATEGY=frozen,lora,... WEIGHTS=random|hub|<dir> RUNTIME=auto|docker|local|inprocess DEVICE=auto|cpu|cuda:N EPOCHS SEED PRESET]; lists are comma-separated"
 	@echo "make bench ... TASK=roi-linear|roi-knn  GPFM's ROI tasks on an ROI card (DATASET=roi-sample; docs/gpfm.md)"
 	@echo "make distill [OUT=runs/distill DISTILL_ARGS=..]  distil served phikon + uni into a tiny student (resumable; docs/gpfm.md)"
 	@echo "make sweep GRID=grid.yaml [EXECUTOR=ray]  a grid of runs (docs/sweeps.md)"
@@ -36,6 +37,7 @@ help:
 	@echo "make test-all                   every test: slow, docker (needs a daemon and 'make images'), ray; what CI runs"
 	@echo "make lint                       ruff and mypy (configured in pyproject.toml), and the import-cycle check"
 	@echo "make perf [GPU=1]               served (shm, gRPC, HTTP, docker) vs in-process throughput, feature-cache epoch speed-up, streaming RSS (JSON in .perf/)"
+	@echo "make gpu-check [DEVICE=cuda:N]  the GPU figures in one run (~8 min): img/s + MFU eager vs compile, served/in-process, a frozen row with GPU busy, a LoRA step"
 	@echo "make perf-zoo [DEVICE=cuda BATCH=64]  forward cost of every model: params, tokens, GFLOPs, img/s, MFU"
 	@echo "make perf-train [DEVICE=cuda SIZE=512 BATCH=8]  trainable params, s/step, peak memory per strategy (phikon, uni)"
 	@echo "make images                     build pfmbench/base and every model image (docs/docker.md)"
@@ -49,9 +51,14 @@ $(BIN)/.installed: requirements.lock pyproject.toml
 
 setup: $(BIN)/.installed
 
+# on a GPU machine: onnxruntime-gpu instead of the CPU wheel (--engine onnx on CUDA/TensorRT; docs/gpu.md)
+setup-gpu: setup
+	$(BIN)/python -m pip uninstall --quiet --yes onnxruntime
+	$(BIN)/python -m pip install --quiet --no-deps -r requirements-gpu.lock
+
 bench: setup
 	$(BIN)/pfmbench bench --model $(MODEL) --dataset $(DATASET) --task $(TASK) --strategy $(STRATEGY) \
-	  --weights $(WEIGHTS) --runtime $(RUNTIME) --seed $(SEED) $(if $(PRESET),--preset $(PRESET)) $(if $(EPOCHS),--epochs $(EPOCHS))
+	  --weights $(WEIGHTS) --runtime $(RUNTIME) --seed $(SEED) $(if $(PRESET),--preset $(PRESET)) $(if $(EPOCHS),--epochs $(EPOCHS)) $(if $(DEVICE),--device $(DEVICE))
 
 distill: setup
 	$(BIN)/pfmbench distill run --out $(OUT) --weights $(WEIGHTS) --runtime $(RUNTIME) $(DISTILL_ARGS)
@@ -80,6 +87,9 @@ else
 	$(BIN)/pfmbench perf --models phikon --modes inprocess,shm,grpc,http,docker,onnx --iters 2 --stream-images 128 --out .perf/perf.json
 	$(BIN)/pfmbench perf --models uni --modes inprocess,shm --iters 1 --no-cache-epoch --stream-images 0 --out .perf/perf-vitl.json
 endif
+
+gpu-check: setup
+	$(BIN)/pfmbench gpu-check --device $(or $(DEVICE),cuda) --out .perf/gpu-check.json
 
 perf-zoo: setup
 	$(BIN)/pfmbench zoo-perf --device $(or $(DEVICE),cpu) --batch $(or $(BATCH),1) --iters 3 --out .perf/zoo-$(or $(DEVICE),cpu).json

@@ -141,7 +141,12 @@ class RoiConfig(_RunBase):
         return cls(preset=preset, **values)  # type: ignore[arg-type]
 
 
-def run_key(config: RunConfig | RoiConfig, spec_hash: str, card_hash: str, weights_label: str, image_digest: str | None = None) -> str:
-    """Identity of a run: same key, same numbers (given the same code)."""
-    parts = [config.config_hash(), spec_hash, card_hash, weights_label, image_digest or ""]
+def run_key(config: RunConfig | RoiConfig, spec_hash: str, card_hash: str, weights_label: str, image_digest: str | None = None,
+            compute_tag: str = "") -> str:
+    """Identity of a run: same key, same numbers (given the same code).
+
+    ``compute_tag`` (:func:`harness.util.devices.compute_tag`) sets a GPU's rows apart; it
+    is empty on a CPU, whose keys are what they were before devices were recorded.
+    """
+    parts = [config.config_hash(), spec_hash, card_hash, weights_label, image_digest or ""] + ([compute_tag] if compute_tag else [])
     return hashlib.sha256("|".join(parts).encode()).hexdigest()[:20]

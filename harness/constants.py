@@ -56,14 +56,18 @@ SERVE_MODEL = os.environ.get("PFMBENCH_MODEL")
 #: Address a server binds when ``--host`` is not given (0.0.0.0 inside a container).
 SERVE_BIND = os.environ.get("PFMBENCH_BIND", "127.0.0.1")
 
-#: Device of training jobs (``cuda``, ``cpu``); default: cuda if available.
-DEVICE = os.environ.get("PFMBENCH_DEVICE")
+#: Default of ``--device`` (``auto`` | ``cpu`` | ``cuda`` | ``cuda:N``; :mod:`harness.util.devices`): where runs compute.
+DEVICE = os.environ.get("PFMBENCH_DEVICE") or "auto"
 
 #: Seconds a model server may take to become healthy (a large model on a CPU loads slowly).
 STARTUP_TIMEOUT_S = float(os.environ.get("PFMBENCH_STARTUP_TIMEOUT", "180"))
 
 #: Seconds one inference request may take before it fails (gRPC deadline, HTTP timeout).
 REQUEST_TIMEOUT_S = float(os.environ.get("PFMBENCH_REQUEST_TIMEOUT", "300"))
+
+#: Extraction requests a served runtime keeps in flight: the next batch is written and sent while the server
+#: computes this one. The server runs each request as sent (no dynamic batcher), so the features equal one-at-a-time's.
+IN_FLIGHT = int(os.environ.get("PFMBENCH_IN_FLIGHT", "2"))
 
 #: Times a request that timed out or found the server unavailable is sent again (after 1, 2, 4... s) before the run fails.
 REQUEST_RETRIES = int(os.environ.get("PFMBENCH_REQUEST_RETRIES", "3"))

@@ -134,6 +134,10 @@ class RuntimeUnavailableError(PfmbenchError):
     """The requested runtime cannot run here (e.g. no Docker daemon)."""
 
 
+class DeviceError(PfmbenchError):
+    """A device asked for (``--device cuda``) that this machine does not have."""
+
+
 class ConfigError(PfmbenchError):
     """An option value that cannot work (bad block index, epochs < 1, ...)."""
 

@@ -87,6 +87,14 @@ def test_bench_writes_one_row_and_is_deterministic(tmp_path, no_leftover_servers
     assert a["weights"] == "random" and a["runtime"] == "local" and a["transfer"] == "shm"
     assert a["split_sizes"] == [25, 7, 4] and a["input_size"] == 96 and a["blocks"] == [11] and a["epochs"] == 2
     assert 0.0 <= a["mIoU"] <= 1.0 and a["mIoU_ci_low"] <= a["mIoU"] <= a["mIoU_ci_high"]
+    # where it computed: --device auto is the CPU on a machine without a GPU, and the row says so
+    import torch
+
+    expected = "cuda:0" if torch.cuda.is_available() else "cpu"
+    for r in rows:
+        assert (r["device"], r["torch_version"], r["precision"]) == (expected, torch.__version__, "fp32" if expected == "cpu" else "bf16-autocast")
+        assert (r["gpu_model"] is None) == (expected == "cpu")
+    assert f"device {expected}" in first.stdout
     listing = run("results", "--results-dir", str(tmp_path))
     assert listing.returncode == 0 and listing.stdout.count("phikon") == 2
 

@@ -303,3 +303,18 @@ def test_perf_measures_the_docker_runtime_beside_in_process(client, no_leftover_
     report = run_perf(["phikon"], [2], [64], modes=("inprocess", "docker"), iters=1, log=lambda _: None)
     docker_row = next(r for r in report.transfer if r.mode == "docker")
     assert report.skipped == [] and docker_row.images_per_s > 0 and docker_row.ratio_to_inprocess is not None
+
+
+def test_a_gpu_run_creates_its_server_container_with_a_request_for_that_gpu(client, no_leftover_containers):
+    """The daemon records what the harness asks for; the container is created, not started (this machine has no NVIDIA runtime)."""
+    from harness.runtime.docker import server_container
+
+    args = server_container(get_spec("phikon"), ResolvedWeights.random(0), "cuda:1", "pfmbench-gpu-request-test", "token")
+    container = client.containers.create(client.images.get(local_tag("phikon")).id, **args)
+    try:
+        host = container.attrs["HostConfig"]
+        assert [(r["DeviceIDs"], r["Capabilities"]) for r in host["DeviceRequests"]] == [(["1"], [["gpu"]])]
+        assert container.attrs["Config"]["Cmd"][container.attrs["Config"]["Cmd"].index("--device") + 1] == "cuda"
+        assert {b[0]["HostIp"] for b in host["PortBindings"].values()} == {"127.0.0.1"}
+    finally:
+        container.remove(force=True)

@@ -45,6 +45,25 @@ def test_served_features_equal_inprocess(transfer, phikon_reference, no_leftover
     assert _shm_regions() == []
 
 
+def test_requests_in_flight_together_give_exactly_the_features_of_one_at_a_time(no_leftover_servers):
+    from harness.run.segmentation import iter_features
+
+    images = RNG.integers(0, 256, (11, 224, 224, 3), dtype=np.uint8)  # a request takes long enough (~0.1 s) for the next ones to start meanwhile
+    with LocalRuntime(get_spec("phikon"), ResolvedWeights.random(), in_flight=1) as rt:
+        one_at_a_time = list(iter_features(rt, images, (11,), batch=2))
+        assert rt.connections == 1
+        rt.in_flight = 3
+        seen: list[int] = []
+        pipelined = list(iter_features(rt, images, (11,), batch=2, on_batch=seen.append))
+        assert rt.connections == 3  # three requests were in flight at once, each on its own client and regions
+        assert rt.transfer == "shm"
+    assert seen == [2, 2, 2, 2, 2, 1]  # delivered in order
+    assert len(pipelined) == len(one_at_a_time) == 6
+    for a, b in zip(pipelined, one_at_a_time):
+        assert np.array_equal(a, b)  # exactly: the server computes each request as sent, whatever else is in flight
+    assert _shm_regions() == []
+
+
 @pytest.mark.slow
 def test_uni_timm_served_equals_inprocess(no_leftover_servers):
     spec = get_spec("uni")

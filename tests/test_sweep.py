@@ -49,6 +49,7 @@ def test_without_an_address_the_ray_executor_starts_and_stops_a_private_cluster(
     executor = RayExecutor(tmp_path, None)
     try:
         assert executor.owns_cluster and ray.is_initialized()
+        assert executor.gpus_per_job == (1.0 if ray.cluster_resources().get("GPU", 0) else 0.0)  # one GPU per job where there are GPUs
         mine = [cmd for pid, _, cmd in processes() if pid not in before]
         assert any("gcs_server" in c for c in mine) and any("raylet" in c for c in mine), mine
         # Ray keeps a minimal dashboard head for its state API: no web UI, loopback only
@@ -294,3 +295,38 @@ def test_ctrl_c_stops_the_sweep_and_its_jobs_at_once(tmp_path):
     assert driver.returncode != 0
     assert not any("sweep-job" in p[2] for p in processes())
     assert read_rows(tmp_path) == []
+
+
+@pytest.mark.slow
+def test_local_jobs_are_placed_one_per_gpu_and_a_finished_job_frees_its_gpu(tmp_path):
+    """GPUs 5 and 7 (ids only: this machine has none, so the jobs compute on the CPU): each job sees one, two at a time."""
+    spec = SweepSpec(models=["phikon"], datasets=["nuclei-sample"], strategies=["frozen"], seeds=[1, 2, 3], runtime="inprocess", overrides=TINY)
+    ex = LocalExecutor(tmp_path / "res", None, gpus=[5, 7])
+    assert ex.concurrency == 2
+    seen: dict[int, str] = {}  # job pid -> its CUDA_VISIBLE_DEVICES
+    most_at_once = 0
+
+    def visible(pid: int) -> str | None:
+        try:
+            env = Path(f"/proc/{pid}/environ").read_bytes().split(b"\0")
+        except OSError:
+            return None
+        return next((v.split(b"=", 1)[1].decode() for v in env if v.startswith(b"CUDA_VISIBLE_DEVICES=")), None)
+
+    for job in expand(spec):
+        ex.submit(job)
+    attempts = []
+    try:
+        while len(attempts) < 3:
+            live = {p.pid for p in list(ex.live)}
+            most_at_once = max(most_at_once, len(live))
+            for pid in live - set(seen):
+                if (gpu := visible(pid)) is not None:
+                    seen[pid] = gpu
+            attempts += ex.wait(0.2)
+    finally:
+        ex.close()
+    assert all(a.ok for _, a in attempts), [a.reason for _, a in attempts]
+    assert set(seen.values()) == {"5", "7"} and len(seen) == 3
+    assert most_at_once <= 2 and sorted(ex.free_gpus) == [5, 7]  # every GPU came back
+    assert {a.row.device for _, a in attempts if a.row} == {"cpu"}  # no GPU 5 or 7 here: --device auto found none

@@ -101,5 +101,8 @@ StartupTimeoutOpt = Annotated[float, typer.Option(help="Seconds a model server m
                                                           "Default: $PFMBENCH_STARTUP_TIMEOUT, else 180.", min=1)]
 RequestTimeoutOpt = Annotated[float, typer.Option(help="Seconds one inference request may take before it is retried "
                                                           "($PFMBENCH_REQUEST_RETRIES times, backoff 1, 2, 4 s). Default: $PFMBENCH_REQUEST_TIMEOUT, else 300.", min=1)]
+DeviceOpt = Annotated[str, typer.Option(help="Where models and decoders compute: auto (CUDA when there is a GPU, else CPU) | cpu | cuda | cuda:N. "
+                                              "Servers and training jobs get that GPU alone. CUDA where there is none is an error, never a CPU run. "
+                                              "Default: $PFMBENCH_DEVICE, else auto.")]
 ProgressOpt = Annotated[bool, typer.Option(help="Show progress bars.")]
 OutJsonOpt = Annotated[Path, typer.Option("--out", help="Where to write the JSON results.")]

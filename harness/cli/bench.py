@@ -13,6 +13,7 @@ from harness.cli._common import (
     DataDirOpt,
     DatasetsOpt,
     DecoderChoice,
+    DeviceOpt,
     EpochsOpt,
     InferenceChoice,
     InputSizeOpt,
@@ -70,6 +71,7 @@ def bench(
     progress: ProgressOpt = True,
     startup_timeout: StartupTimeoutOpt = constants.STARTUP_TIMEOUT_S,
     request_timeout: RequestTimeoutOpt = constants.REQUEST_TIMEOUT_S,
+    device: DeviceOpt = constants.DEVICE,
 ) -> None:
     """Run models x datasets x strategies and append one row per run to the results store.
 
@@ -80,6 +82,7 @@ def bench(
     from harness.errors import ConfigError
     from harness.run.lifecycle import RunContext, execute
     from harness.run.plan import expand_grid
+    from harness.util.devices import resolve_device
 
     task_name = str(value(task))
     if task_name != "segmentation" and (value(decoder) != "transunet" or blocks or inference):
@@ -93,12 +96,12 @@ def bench(
     grid = expand_grid(task_name, models, datasets, split_list(strategy), [seed], runtime="endpoint" if endpoint else str(value(runtime)),
                        preset=value(preset), weights=weights, epochs=epochs, batch_size=batch_size, lr=lr, input_size=input_size, **seg)
     ctx = RunContext(results_dir=results_dir, data_dir=data_dir, show_progress=progress, endpoint=endpoint, feature_cache=feature_cache, notify=notify,
-                     startup_timeout_s=startup_timeout, request_timeout_s=request_timeout)
+                     startup_timeout_s=startup_timeout, request_timeout_s=request_timeout, device=resolve_device(device))
     for i, (cfg, why) in enumerate(grid, 1):
         count = f"[{i}/{len(grid)}] " if len(grid) > 1 else ""
         what = f"{cfg.strategy}, {cfg.epochs} epochs, inference {cfg.inference}" if task_name == "segmentation" else cfg.task  # type: ignore[union-attr]
         out.print(f"[dim]{count}{cfg.model} on {cfg.dataset}: {what}, preset {cfg.preset}, weights {cfg.weights}; "
-                  f"{f'the server at {endpoint}' if endpoint else why}[/dim]")
+                  f"{f'the server at {endpoint}' if endpoint else why}; device {ctx.device}[/dim]")
         row = execute(cfg, ctx, skip_finished=not rerun)
         print_row(row.model_dump())
         out.print(f"row {row.row_id} in {results_location(results_dir)} (wall {row.wall_time_s:.1f} s, transfer {row.transfer}, "

@@ -33,7 +33,8 @@ def perf(
     modes: Annotated[str, typer.Option(help="Comma-separated: inprocess, shm, grpc, http, docker (needs a daemon and the model's image), "
                                        "compile (torch.compile in-process), onnx (onnxruntime in-process), onnx-shm (onnxruntime behind Triton).")]
     = "inprocess,shm,grpc,http,docker,onnx,onnx-shm",
-    iters: Annotated[int, typer.Option(help="Timed calls per cell (after one warm-up).", min=1)] = 3,
+    iters: Annotated[int, typer.Option(help="Timed calls per mode in each round (after one warm-up call).", min=1)] = 1,
+    rounds: Annotated[int, typer.Option(help="Rounds; every round times every mode back to back (A B C A B C ...), so load hits all alike.", min=3)] = 3,
     device: Annotated[Optional[str], typer.Option(help="cpu | cuda (default: cuda if available).")] = None,
     gpu: Annotated[bool, typer.Option("--gpu", help="The GPU grid: uni, h_optimus_0, uni2_h at batch 32,64, 224 px, in-process vs shm, on cuda.")] = False,
     cache_epoch: Annotated[bool, typer.Option(help="Time a frozen decoder epoch from the feature cache against online extraction.")] = True,
@@ -47,7 +48,7 @@ def perf(
 ) -> None:
     """Throughput of token extraction in-process, served (shm, gRPC, HTTP, docker) and through onnxruntime, side by
     side with parity; the feature cache's decoder-epoch speed-up; the harness's memory while streaming to disk (docs/performance.md)."""
-    from harness.perf.transfer import GPU_GRID, PerfReport, cache_epoch_perf, check_modes, run_perf, stream_rss_perf, write_json
+    from harness.perf.transfer import GPU_GRID, PerfReport, cache_epoch_perf, check_modes, run_perf, section_or_error, stream_rss_perf, write_json
     from harness.util.progress import progress_bar
 
     if gpu:
@@ -55,32 +56,46 @@ def perf(
     check_modes(tuple(split_list(modes)))  # every argument is checked before the first (slow) measurement starts
     model_list, batch_list, size_list = _models(models), int_list(batches, "--batches"), int_list(sizes, "--sizes")
     report = PerfReport()
+    stream_idx = tuple(int_list(stream_blocks, "--stream-blocks"))
     if stream_images:  # first, while no model has been loaded into this process: its RSS is the harness's own
         with progress_bar(True) as bar:
             task = bar.add_task(f"stream {model_list[0]} {stream_size}px", total=stream_images, info="")
-            report.stream = stream_rss_perf(model_list[0], stream_images, stream_size, blocks=tuple(int_list(stream_blocks, "--stream-blocks")),
-                                            device=device, log=log, progress=lambda n: bar.advance(task, n))
-    run_perf(model_list, batch_list, size_list, tuple(split_list(modes)), iters, device, log=log, report=report)
+            report.stream = section_or_error(lambda: stream_rss_perf(model_list[0], stream_images, stream_size, blocks=stream_idx, device=device,
+                                                                     log=log, progress=lambda n: bar.advance(task, n)))
+    run_perf(model_list, batch_list, size_list, tuple(split_list(modes)), iters, device, log=log, report=report, rounds=rounds)
     if cache_epoch:
-        report.cache = cache_epoch_perf(model_list[0], device=device, decoders=tuple(split_list(cache_decoders)), log=log)
+        cache = section_or_error(lambda: cache_epoch_perf(model_list[0], device=device, decoders=tuple(split_list(cache_decoders)), log=log))
+        report.cache = [cache] if isinstance(cache, dict) else cache  # a failed section: one entry with its error
     write_json(report, out_json, device)
-    t = Table(title=f"token extraction throughput ({out_json})")
+    t = Table(title=f"token extraction throughput, median over {rounds} interleaved rounds (min-max) ({out_json})")
     for col in ("model", "mode", "batch", "px", "img/s", "p50 ms", "p90 ms", "p99 ms", "out MB/s", "vs in-process", "max |diff|"):
         t.add_column(col, justify="right")
     for r in report.transfer:
-        t.add_row(r.model, r.mode, str(r.batch), str(r.size), f"{r.images_per_s:.1f}", f"{r.p50_ms:.1f}", f"{r.p90_ms:.1f}", f"{r.p99_ms:.1f}",
-                  f"{r.out_mb_per_s:.1f}", "-" if r.ratio_to_inprocess is None else f"{r.ratio_to_inprocess:.3f}",
+        if r.error:
+            t.add_row(r.model, r.mode, str(r.batch), str(r.size), f"[red]error: {escape(r.error)}[/red]", *[""] * 6)
+            continue
+        ratio = "-" if r.ratio_to_inprocess is None else f"{r.ratio_to_inprocess:.3f} ({r.ratio_min:.2f}-{r.ratio_max:.2f})"
+        t.add_row(r.model, r.mode, str(r.batch), str(r.size), f"{r.images_per_s:.1f} ({r.images_per_s_min:.1f}-{r.images_per_s_max:.1f})",
+                  f"{r.p50_ms:.1f}", f"{r.p90_ms:.1f}", f"{r.p99_ms:.1f}", f"{r.out_mb_per_s:.1f}", ratio,
                   "-" if r.max_abs_diff is None else f"{r.max_abs_diff:.2g}")
     out.print(t)
     for c in report.cache or []:
+        if "error" in c:
+            out.print(f"[red]decoder epoch: {escape(c['error'])}[/red]")
+            continue
         out.print(f"decoder epoch ({c['model']}, {c['dataset']}, {c['images']} images at {c['size']} px, {c['decoder']} decoder): "
                   f"online extraction {c['epoch_online_s']:.2f} s, from the cache {c['epoch_cached_s']:.2f} s: [bold]{c['speedup']:.1f}x[/bold]")
-    if report.stream:
+    if report.stream and "error" in report.stream:
+        out.print(f"[red]streaming: {escape(report.stream['error'])}[/red]")
+    elif report.stream:
         st = report.stream
         out.print(f"streaming {st['images']} images at {st['size']} px ({st['written_gb']} GB to disk): harness RSS peak [bold]{st['rss_peak_mb']:.0f} MB[/bold], "
                   f"growth after the first tenth {st['rss_growth_after_first_tenth_mb']:.0f} MB")
     for why in report.skipped:
         out.print(f"[yellow]skipped[/yellow] {escape(why)}")
+    failed = len(report.failed) + (report.stream is not None and "error" in report.stream) + sum("error" in c for c in report.cache or [])
+    if failed:
+        raise typer.Exit(1)  # after the JSON and the table: what ran is kept, and a script sees the failure
 
 
 @app.command("zoo-perf", epilog="Example: pfmbench zoo-perf --device cuda --batch 64 --out .perf/zoo-h100.json")
@@ -128,4 +143,29 @@ def train_perf(
         t.add_column(col, justify="left" if col in ("model", "strategy") else "right")
     for r in res:
         t.add_row(r.model, r.strategy, f"{r.trainable_params:,}", f"{r.step_s:.3f}", f"{r.images_per_s:.1f}", f"{r.peak_mem_mb:.0f}")
+    out.print(t)
+
+
+@app.command("gpu-check", epilog="Example: make gpu-check   (= pfmbench gpu-check --out .perf/gpu-check.json, on a GPU machine)")
+def gpu_check(
+    device: Annotated[str, typer.Option(help="The GPU to measure (cuda, cuda:N). cpu runs the same plan at toy sizes: a rehearsal, no figures.")] = "cuda",
+    out_json: OutJsonOpt = Path(".perf/gpu-check.json"),
+) -> None:
+    """The GPU figures in one run (about 8 minutes on an H100-class GPU): ViT-B/L/H/g img/s and MFU eager vs compile, served/in-process
+    for ViT-L at batch 64, a frozen phikon row end to end with GPU utilisation sampled, one LoRA step. A failed cell records its error."""
+    import tempfile
+
+    from harness.perf.gpu_check import Plan, run_gpu_check, table_rows, write_report
+    from harness.util.devices import resolve_device
+
+    resolved = resolve_device(device)  # --device cuda without a GPU: the one-line device error
+    plan = Plan(resolved) if resolved != "cpu" else Plan.toy()
+    with tempfile.TemporaryDirectory(prefix="pfmbench-gpu-check-") as work:
+        report = run_gpu_check(plan, Path(work), log=log)
+    write_report(report, out_json)
+    t = Table(title=f"gpu-check on {report['meta']['gpu_model'] or 'cpu (rehearsal)'} ({out_json})")
+    for col in ("section", "what", "result"):
+        t.add_column(col)
+    for row in table_rows(report):
+        t.add_row(*(escape(v) for v in row))
     out.print(t)

@@ -32,10 +32,10 @@ def sweep(
     input_size: InputSizeOpt = None,
     retries: Annotated[int, typer.Option(help="Extra attempts of a failed job.", min=0)] = 2,
     executor: Annotated[ExecutorChoice, typer.Option(help="local (this machine) | ray (a Ray cluster).")] = "local",  # type: ignore[valid-type]
-    concurrency: Annotated[int, typer.Option(help="local: jobs at once.", min=1)] = 1,
+    concurrency: Annotated[Optional[int], typer.Option(help="local: jobs at once (default: one per GPU, each job on its own GPU; 1 without a GPU).", min=1)] = None,
     ray_address: Annotated[Optional[str], typer.Option(help="ray: cluster address (default: start a local Ray).")] = None,
     cpus_per_job: Annotated[float, typer.Option(help="ray: CPUs each job asks for.")] = 1.0,
-    gpus_per_job: Annotated[float, typer.Option(help="ray: GPUs each job asks for.")] = 0.0,
+    gpus_per_job: Annotated[Optional[float], typer.Option(help="ray: GPUs each job asks for (default: 1 where the cluster has GPUs, else 0).")] = None,
     timeout: Annotated[Optional[float], typer.Option(help="Seconds before an attempt is killed and retried.")] = None,
     plan: Annotated[bool, typer.Option("--plan", help="Only estimate the compute time of the grid, run nothing.")] = False,
     perf_json: Annotated[Optional[Path], typer.Option("--perf", help="--plan: a zoo-perf JSON (img/s per model) to estimate from.")] = None,

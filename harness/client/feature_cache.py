@@ -83,6 +83,18 @@ def host_environment() -> str:
     return f"host:torch-{torch.__version__}:harness-{__version__}"
 
 
+def on_device(environment: str, device: str) -> str:
+    """``environment`` narrowed to the device that computed: a GPU's bf16 features differ from a CPU's fp32 ones.
+
+    CPU keys are the environment alone (as before devices were recorded); a GPU adds its
+    precision and model, since kernels differ between GPU models.
+    """
+    from harness.util.devices import compute_tag
+
+    tag = compute_tag(device)
+    return f"{environment}:{tag}" if tag else environment
+
+
 class FeatureCache:
     """Memory-mapped fp16 token grids keyed by :class:`FeatureKey`."""
 

@@ -16,7 +16,7 @@ from dataclasses import dataclass
 
 import numpy as np
 
-from harness.client.feature_cache import FeatureCache, FeatureKey, host_environment, pixels_hash
+from harness.client.feature_cache import FeatureCache, FeatureKey, host_environment, on_device, pixels_hash
 from harness.models.spec import ModelSpec, get_spec
 from harness.models.weights import resolve_weights
 from harness.runtime import Runtime, make_runtime
@@ -71,12 +71,16 @@ class TeacherPool(contextlib.AbstractContextManager):
         return TeacherOutput(cls[:, 0], tokens[:, 0])
 
     def environment(self, name: str) -> str | None:
-        """What computes ``name``'s features: its image digest in a container, this host's torch and harness otherwise."""
+        """What computes ``name``'s features: its image digest in a container, this host's torch and harness otherwise; and the device."""
+        from harness.util.devices import resolve_device
+
+        device = resolve_device(None)  # the teachers' servers are started without a device: each takes this machine's auto
         if self.runtime_name == "docker":
             from harness.run.plan import image_digest
 
-            return image_digest("docker", self.specs[name], None)
-        return host_environment()
+            digest = image_digest("docker", self.specs[name], None)
+            return None if digest is None else on_device(digest, device)
+        return on_device(host_environment(), device)
 
     def submit(self, crops: np.ndarray, names: tuple[str, ...] | None = None) -> Future:
         """Ask every teacher (or those ``names``) for ``crops`` at once; the future holds ``{name: TeacherOutput}``."""

@@ -7,10 +7,12 @@ Three measurements, each written into one JSON document and printed as a table:
    memory, gRPC, HTTP, the docker runtime (shared memory into a container), the extractor
    under ``torch.compile`` (``compile``), and the model's ONNX export run by onnxruntime,
    in-process (``onnx``) and served (``onnx-shm``).
-   One warm-up call, then ``iters`` timed calls, one request in flight. Reported:
-   images/s, latency p50/p90/p99, output MB/s, each mode's ratio to in-process and its
-   largest absolute difference from the in-process tokens (parity), all from the same
-   run, so machine load affects every mode alike.
+   The modes are interleaved (A B C A B C ...) over at least three rounds after a
+   warm-up, one request in flight, and a local server computes with the harness's torch
+   thread count. Reported per cell: the median images/s with its spread over rounds,
+   latency p50/p90/p99, output MB/s, the median ratio to in-process within a round with
+   its spread, and the largest absolute difference from the in-process tokens (parity).
+   A mode that fails records its error in its cells; the other cells still run.
 2. **Cache** (:func:`cache_epoch_perf`): one decoder epoch of the ``frozen`` strategy with
    its token grids read from the feature cache, against the same epoch with the grids
    extracted online (what the epoch would cost without a cache).
@@ -21,6 +23,7 @@ Three measurements, each written into one JSON document and printed as a table:
 
 from __future__ import annotations
 
+import contextlib
 import json
 import os
 import platform
@@ -30,6 +33,7 @@ import time
 from collections.abc import Callable, Iterator
 from dataclasses import asdict, dataclass, field
 from pathlib import Path
+from typing import TypeVar
 
 import numpy as np
 
@@ -39,6 +43,7 @@ from harness.models.weights import ResolvedWeights
 from harness.runtime import InProcessRuntime, LocalRuntime
 from harness.runtime.base import Runtime
 
+T = TypeVar("T")
 MODES = ("inprocess", "shm", "grpc", "http", "docker", "compile", "onnx", "onnx-shm")
 Log = Callable[[str], None]
 
@@ -49,17 +54,25 @@ GPU_GRID = {"models": "uni,h_optimus_0,uni2_h", "batches": "32,64", "modes": "in
 
 @dataclass
 class PerfResult:
+    """One (model, mode, batch, size) cell: medians over interleaved rounds, with their spread; or the error that stopped it."""
+
     model: str
     mode: str
     batch: int
     size: int
-    images_per_s: float
-    p50_ms: float
+    images_per_s: float  # median over rounds (0 when the cell failed)
+    p50_ms: float  # over every timed call of every round
     p90_ms: float
     p99_ms: float
-    out_mb_per_s: float
-    ratio_to_inprocess: float | None = None
+    out_mb_per_s: float  # output bytes per call / p50
+    rounds: int = 0
+    images_per_s_min: float = 0.0  # the spread of the per-round rates
+    images_per_s_max: float = 0.0
+    ratio_to_inprocess: float | None = None  # median over rounds of (this mode's rate / in-process's rate in the same round)
+    ratio_min: float | None = None
+    ratio_max: float | None = None
     max_abs_diff: float | None = None  # against the in-process (eager torch) tokens of the same batch
+    error: str | None = None  # why the cell has no figures; the other cells still ran
 
 
 @dataclass
@@ -71,30 +84,42 @@ class PerfReport:
     stream: dict | None = None
     skipped: list[str] = field(default_factory=list)
 
+    @property
+    def failed(self) -> list[PerfResult]:
+        return [r for r in self.transfer if r.error]
 
-def _time(runtime: Runtime, images: np.ndarray, blocks: tuple[int, ...], iters: int) -> tuple[list[float], int, np.ndarray]:
-    tokens, _ = runtime.infer(images, blocks)  # warm-up (allocations, shm registration, ONNX export, autotuning)
-    times, nbytes = [], 0
-    for _ in range(iters):
-        t = time.perf_counter()
-        tokens, cls = runtime.infer(images, blocks)
-        times.append(time.perf_counter() - t)
-        nbytes = tokens.nbytes + cls.nbytes
-    return times, nbytes, tokens
+
+def _one_line(exc: BaseException) -> str:
+    first = str(exc).splitlines()[0] if str(exc) else ""
+    return f"{type(exc).__name__}: {first}"[:300]
+
+
+def section_or_error(measure: Callable[[], T]) -> T | dict[str, str]:
+    """A whole section's result, or ``{"error": ...}``: the report is written whatever failed."""
+    try:
+        return measure()
+    except Exception as exc:
+        return {"error": _one_line(exc)}
 
 
 def open_runtime(mode: str, model: str, device: str | None) -> Runtime:
-    """The runtime a perf mode measures (random weights: throughput does not depend on them)."""
-    spec, weights = get_spec(model), ResolvedWeights.random()
+    """The runtime a perf mode measures (random weights: throughput does not depend on them).
+
+    A local server computes with as many torch threads as this process, so a served mode
+    and in-process compare the same compute, not two thread settings.
+    """
+    import torch
+
+    spec, weights, threads = get_spec(model), ResolvedWeights.random(), torch.get_num_threads()
     if mode in ("inprocess", "compile", "onnx"):
         return InProcessRuntime(spec, weights, device=device, engine="torch" if mode == "inprocess" else mode)
     if mode == "docker":
         from harness.runtime.docker import DockerRuntime
 
-        return DockerRuntime(spec, weights, transfer="shm")
+        return DockerRuntime(spec, weights, transfer="shm", device=device)
     if mode == "onnx-shm":
-        return LocalRuntime(spec, weights, transfer="shm", device=device, engine="onnx")
-    return LocalRuntime(spec, weights, transfer=mode, device=device)  # type: ignore[arg-type]
+        return LocalRuntime(spec, weights, transfer="shm", device=device, engine="onnx", threads=threads)
+    return LocalRuntime(spec, weights, transfer=mode, device=device, threads=threads)  # type: ignore[arg-type]
 
 
 def _mode_unavailable(mode: str, model: str, device: str | None) -> str | None:
@@ -107,8 +132,6 @@ def _mode_unavailable(mode: str, model: str, device: str | None) -> str | None:
     ok, why = docker_available()
     if not ok:
         return f"docker: {why}"
-    if device and device.startswith("cuda"):
-        return "docker: GPU containers are not wired into perf (use the local runtime on a GPU machine)"
     try:
         docker_client().images.get(local_tag(model))
     except Exception:
@@ -123,39 +146,91 @@ def check_modes(modes: tuple[str, ...]) -> None:
             raise ConfigError(f"unknown perf mode '{mode}'", f"use one or more of {', '.join(MODES)}")
 
 
-def run_perf(models: list[str], batches: list[int], sizes: list[int], modes: tuple[str, ...] = MODES, iters: int = 3,
-             device: str | None = None, log: Log = print, report: PerfReport | None = None) -> PerfReport:
-    """Throughput of every mode on the same inputs; a mode that cannot run here is listed in ``skipped``."""
+@dataclass
+class _Cell:
+    """What one (mode, batch, size) gathers over the rounds."""
+
+    rates: list[float] = field(default_factory=list)  # images/s of each round
+    calls_s: list[float] = field(default_factory=list)
+    nbytes: int = 0
+    tokens: np.ndarray | None = None
+    error: str | None = None
+
+
+def run_perf(models: list[str], batches: list[int], sizes: list[int], modes: tuple[str, ...] = MODES, iters: int = 1,
+             device: str | None = None, log: Log = print, report: PerfReport | None = None, rounds: int = 3) -> PerfReport:
+    """Throughput of every mode on the same inputs, the modes interleaved (A B C A B C ...) over ``rounds`` rounds.
+
+    Every mode of a model is open at once, so each round times every mode back to back
+    (``iters`` calls each, after one warm-up call): a slow patch of the machine slows every
+    mode alike, and each ratio to in-process is taken within a round. A mode that fails
+    to start or to answer records its error in its cells and the rest go on; a mode that
+    cannot run here at all (docker without a daemon or image) is listed in ``skipped``.
+    """
     report = report or PerfReport()
-    reference: dict[tuple[str, int, int], np.ndarray] = {}  # in-process tokens per cell, for parity
+    rounds = max(3, rounds)
     check_modes(modes)
     for model in models:
-        spec = get_spec(model)
-        for mode in modes:
-            if (why := _mode_unavailable(mode, model, device)) is not None:
-                if why not in report.skipped:
-                    report.skipped.append(why)
-                    log(f"skipped {why}")
-                continue
-            with open_runtime(mode, model, device) as rt:
-                for size in sizes:
-                    for batch in batches:
-                        images = np.random.default_rng(batch * 10_000 + size).integers(0, 256, (batch, size, size, 3), dtype=np.uint8)
-                        times, nbytes, tokens = _time(rt, images, (spec.depth - 1,), iters)
-                        med = float(np.median(times))
-                        r = PerfResult(model, mode, batch, size, batch / med, med * 1e3, float(np.percentile(times, 90)) * 1e3,
-                                       float(np.percentile(times, 99)) * 1e3, nbytes / med / 1e6)
-                        if mode == "inprocess":
-                            reference[(model, batch, size)] = tokens
-                        if (ref := reference.get((model, batch, size))) is not None:
-                            r.max_abs_diff = float(np.abs(tokens.astype(np.float32) - ref.astype(np.float32)).max())
-                        report.transfer.append(r)
-                        log(f"{model:8s} {mode:9s} b{batch:<3d} {size}px  {r.images_per_s:8.1f} img/s  p50 {r.p50_ms:8.1f} ms  {r.out_mb_per_s:7.1f} MB/s")
-    rates = {(r.model, r.batch, r.size): r.images_per_s for r in report.transfer if r.mode == "inprocess"}
-    for r in report.transfer:
-        base = rates.get((r.model, r.batch, r.size))
-        r.ratio_to_inprocess = round(r.images_per_s / base, 3) if base else None
+        blocks = (get_spec(model).depth - 1,)
+        with contextlib.ExitStack() as stack:
+            runtimes: dict[str, Runtime] = {}
+            failed_to_open: dict[str, str] = {}
+            for mode in modes:
+                if (why := _mode_unavailable(mode, model, device)) is not None:
+                    if why not in report.skipped:
+                        report.skipped.append(why)
+                        log(f"skipped {why}")
+                    continue
+                try:
+                    runtimes[mode] = stack.enter_context(open_runtime(mode, model, device))
+                except Exception as exc:
+                    failed_to_open[mode] = _one_line(exc)
+                    log(f"{model} {mode}: could not start: {failed_to_open[mode]}")
+            for size in sizes:
+                for batch in batches:
+                    images = np.random.default_rng(batch * 10_000 + size).integers(0, 256, (batch, size, size, 3), dtype=np.uint8)
+                    cells = {mode: _Cell(error=failed_to_open.get(mode)) for mode in (*runtimes, *failed_to_open)}
+                    for r in range(rounds + 1):  # round 0 is the warm-up (allocations, shm registration, export, autotuning)
+                        for mode, rt in runtimes.items():
+                            cell = cells[mode]
+                            if cell.error:
+                                continue
+                            try:
+                                started = time.perf_counter()
+                                for _ in range(iters if r else 1):
+                                    t = time.perf_counter()
+                                    tokens, cls = rt.infer(images, blocks)
+                                    if r:
+                                        cell.calls_s.append(time.perf_counter() - t)
+                                if r:
+                                    cell.rates.append(batch * iters / (time.perf_counter() - started))
+                                cell.tokens, cell.nbytes = tokens, tokens.nbytes + cls.nbytes
+                            except Exception as exc:
+                                cell.error = _one_line(exc)
+                    report.transfer += _cell_results(model, batch, size, cells, log)
     return report
+
+
+def _cell_results(model: str, batch: int, size: int, cells: dict[str, _Cell], log: Log) -> list[PerfResult]:
+    base = cells.get("inprocess")
+    out = []
+    for mode, cell in cells.items():
+        if cell.error:
+            out.append(PerfResult(model, mode, batch, size, 0.0, 0.0, 0.0, 0.0, 0.0, error=cell.error))
+            log(f"{model:8s} {mode:9s} b{batch:<3d} {size}px  error: {cell.error}")
+            continue
+        p50, p90, p99 = (float(np.percentile(cell.calls_s, q)) * 1e3 for q in (50, 90, 99))
+        res = PerfResult(model, mode, batch, size, float(np.median(cell.rates)), p50, p90, p99, cell.nbytes / (p50 / 1e3) / 1e6,
+                         rounds=len(cell.rates), images_per_s_min=min(cell.rates), images_per_s_max=max(cell.rates))
+        if base is not None and not base.error and base.tokens is not None and cell.tokens is not None:
+            ratios = [a / b for a, b in zip(cell.rates, base.rates)]
+            res.ratio_to_inprocess, res.ratio_min, res.ratio_max = (round(v, 3) for v in (float(np.median(ratios)), min(ratios), max(ratios)))
+            res.max_abs_diff = float(np.abs(cell.tokens.astype(np.float32) - base.tokens.astype(np.float32)).max())
+        spread = "" if res.ratio_to_inprocess is None else f"  {res.ratio_to_inprocess:.2f}x in-process ({res.ratio_min:.2f}-{res.ratio_max:.2f})"
+        log(f"{model:8s} {mode:9s} b{batch:<3d} {size}px  {res.images_per_s:8.1f} img/s ({res.images_per_s_min:.1f}-{res.images_per_s_max:.1f})"
+            f"  p50 {p50:8.1f} ms{spread}")
+        out.append(res)
+    return out
 
 
 def cache_epoch_perf(model: str = "phikon", dataset: str = "nuclei-sample", size: int | None = None, device: str | None = None,

@@ -82,12 +82,17 @@ def _median_forward_s(ext: torch.nn.Module, x: torch.Tensor, iters: int, cuda: b
 
 
 def measure(name: str, device: str = "cpu", batch: int = 1, size: int = 224, iters: int = 5,
-            peak_tflops: float | None = None) -> ZooPerf:
+            peak_tflops: float | None = None, engine: str = "torch") -> ZooPerf:
+    """``engine``: ``torch`` (eager) or ``compile`` (``torch.compile``; max-autotune on CUDA, compiled during the warm-up)."""
     spec = get_spec(name)
     flops = count_flops(name, size)
     with torch.device(device):
         backbone = build_backbone(spec)
     ext = family(spec).extractor(spec, backbone).eval().to(device)
+    if engine == "compile":
+        ext.forward = torch.compile(ext.forward, mode="max-autotune" if device.startswith("cuda") else None, dynamic=False)  # type: ignore[method-assign]
+    elif engine != "torch":
+        raise ValueError(f"unknown engine '{engine}' (torch or compile)")
     x = torch.randn(batch, 3, size, size, device=device)
     cuda = device.startswith("cuda")
     sec = _median_forward_s(ext, x, iters, cuda)

@@ -62,15 +62,18 @@ def peak_rss_mb() -> float:
     return resource.getrusage(resource.RUSAGE_SELF).ru_maxrss / 1024.0
 
 
-def row_provenance(wall_s: float) -> dict[str, object]:
-    """The provenance columns every result row carries, whatever its task."""
+def row_provenance(wall_s: float, device: str = "cpu", precision: str | None = "fp32") -> dict[str, object]:
+    """The provenance columns every result row carries, whatever its task; ``device`` is the resolved one (``cpu``, ``cuda:N``)."""
     from harness import __version__
+    from harness.util.devices import device_facts
 
     return {
         "harness_version": __version__,
         "git_commit": git_commit(),
         "package_versions": package_versions(),
         "hardware": hardware(),
+        **device_facts(device),
+        "precision": precision,
         "wall_time_s": round(wall_s, 3),
         "peak_rss_mb": round(peak_rss_mb(), 1),
     }

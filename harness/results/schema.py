@@ -12,7 +12,7 @@ from datetime import datetime
 
 from pydantic import BaseModel, ConfigDict
 
-SCHEMA_VERSION = 4
+SCHEMA_VERSION = 5
 
 #: Row tasks: dense segmentation, and GPFM's ROI tasks on the frozen CLS (linear probe, kNN).
 TASKS = ("segmentation", "roi-linear", "roi-knn")
@@ -108,5 +108,11 @@ class ResultRow(BaseModel):
     git_commit: str | None
     package_versions: str  # JSON object
     hardware: str
+    device: str | None = None  # where the run computed: "cpu" or "cuda:N" (schema 5; older rows: null)
+    gpu_model: str | None = None
+    gpu_driver: str | None = None
+    cuda_version: str | None = None
+    torch_version: str | None = None
+    precision: str | None = None  # the backbone's: fp32 on a CPU; bf16-autocast (extraction) or fp16-amp (training job) on a GPU
     wall_time_s: float
     peak_rss_mb: float

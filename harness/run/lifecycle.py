@@ -24,6 +24,7 @@ from harness.run.plan import AnyConfig, Plan, plan_run
 from harness.run.task import RunContext, Task
 from harness.serve.workspace import sweep_workspaces
 from harness.util.atomic import remove_stale_temporaries
+from harness.util.devices import resolve_device
 
 __all__ = ["RunContext", "Task", "execute", "task_for"]
 
@@ -54,7 +55,8 @@ def execute(cfg: AnyConfig, ctx: RunContext | None = None, *, write: bool = True
     ctx = replace(ctx, **context) if ctx else RunContext(**context)  # type: ignore[arg-type]
     if not skip_finished:  # a run that does not skip starts over: no resumed checkpoint either
         ctx = replace(ctx, fresh=True)
-    plan = plan_run(cfg, ctx.image)
+    ctx = replace(ctx, device=resolve_device(ctx.device))  # CUDA asked for where there is none: one line, before anything is written
+    plan = plan_run(cfg, ctx.image, ctx.device)
     task = task_for(cfg)
     # a sweep job (its driver stores the row under the claim) and a server of unknown image (no run key) claim nothing
     held = claim(plan.run_key, ctx.results_dir, ctx.notify) if write and plan.run_key else nullcontext()

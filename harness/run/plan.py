@@ -18,6 +18,7 @@ from harness.errors import ConfigError, option_problem
 from harness.models.spec import ModelSpec, get_spec, resolve_blocks
 from harness.models.weights import ResolvedWeights, resolve_weights
 from harness.runtime import choose_runtime
+from harness.util.devices import compute_tag
 
 AnyConfig = RunConfig | RoiConfig
 
@@ -116,8 +117,11 @@ def _blocks(cfg: AnyConfig, spec: ModelSpec) -> tuple[int, ...]:
     return blocks
 
 
-def plan_run(cfg: AnyConfig, image: str | None = None) -> Plan:
-    """Resolve model, card, blocks, input size, weights and (docker) the image: everything the run key needs."""
+def plan_run(cfg: AnyConfig, image: str | None = None, device: str = "cpu") -> Plan:
+    """Resolve model, card, blocks, input size, weights and (docker) the image: everything the run key needs.
+
+    ``device`` (resolved: ``cpu``, ``cuda:N``) is where the run computes: a GPU run has a key of its own.
+    """
     spec = get_spec(cfg.model)
     card = get_card(cfg.dataset)
     card.check_task(getattr(cfg, "task", "segmentation"))
@@ -125,5 +129,5 @@ def plan_run(cfg: AnyConfig, image: str | None = None) -> Plan:
     size = input_size_for(cfg.input_size, card, spec)
     weights = resolve_weights(spec, cfg.weights, init_seed=cfg.init_seed)
     digest = image_digest(cfg.runtime, spec, image)
-    key = None if cfg.runtime == "endpoint" else run_key(cfg, spec.spec_hash(), card.card_hash(), weights.label, digest)
+    key = None if cfg.runtime == "endpoint" else run_key(cfg, spec.spec_hash(), card.card_hash(), weights.label, digest, compute_tag(device))
     return Plan(cfg, spec, card, blocks, size, weights, digest, key)

@@ -28,6 +28,7 @@ from harness.roi.heads import ProbeRecipe, knn_retrieval, train_linear_probe
 from harness.run.plan import Plan
 from harness.run.task import RunContext
 from harness.runtime import Runtime, make_runtime
+from harness.util.devices import precision
 from harness.util.progress import progress_bar
 
 BATCH = 16
@@ -126,6 +127,7 @@ def _run_roi(plan: Plan, ctx: RunContext) -> ResultRow:
         "best_epoch": best_epoch,
         "best_val": best_val,
         "trainable_params": trainable,
-        **provenance.row_provenance(time.perf_counter() - started),
+        # the backbone ran on ctx.device; the head (a linear layer or kNN on a few thousand CLS vectors) on the CPU
+        **provenance.row_provenance(time.perf_counter() - started, ctx.device, None if endpoint else precision(ctx.device, "bf16-autocast")),
     })
     return row

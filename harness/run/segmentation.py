@@ -9,16 +9,18 @@ exit path. The other strategies train through the backbone in a training job
 
 from __future__ import annotations
 
+import collections
 import contextlib
 import logging
 import time
 from collections.abc import Callable, Iterable, Iterator
+from concurrent.futures import Future, ThreadPoolExecutor
 from pathlib import Path
 
 import numpy as np
 import torch
 
-from harness.client.feature_cache import FeatureCache, FeatureKey, host_environment, pixels_hash
+from harness.client.feature_cache import FeatureCache, FeatureKey, host_environment, on_device, pixels_hash
 from harness.config import RunConfig
 from harness.data.loader import SplitArrays
 from harness.results.schema import ResultRow
@@ -28,38 +30,62 @@ from harness.run.task import RunContext
 from harness.runtime import Runtime, make_runtime
 from harness.train.frozen import SplitFeatures, train_frozen
 from harness.train.launch import finish_run_dir, run_training_job
+from harness.util.devices import gpu_index, precision
 from harness.util.progress import progress_bar
 
 log = logging.getLogger("pfmbench.bench")
 
 EXTRACT_BATCH = 8
+#: Images per extraction request when the server has a GPU: the server's largest batch (protocol.MAX_BATCH).
+GPU_EXTRACT_BATCH = 64
+
+
+def extract_batch(device: str) -> int:
+    """Images per extraction request: enough to fill a GPU, few on a CPU (where a larger batch only adds latency)."""
+    return EXTRACT_BATCH if gpu_index(device) is None else GPU_EXTRACT_BATCH
 
 
 def iter_features(runtime: Runtime, images: Iterable[np.ndarray] | np.ndarray, blocks: tuple[int, ...], batch: int = EXTRACT_BATCH,
                   on_batch: Callable[[int], None] | None = None) -> Iterator[np.ndarray]:
-    """Token grids through ``runtime``, one batch at a time (fp16 ``[b, L, h, w, D]``).
+    """Token grids through ``runtime``, in order, one batch at a time (fp16 ``[b, L, h, w, D]``).
 
     ``images`` is an array (cut into batches of ``batch``) or any iterable of image batches,
-    so a dataset larger than memory streams from its reader to the cache.
+    so a dataset larger than memory streams from its reader to the cache. A served runtime
+    keeps ``runtime.in_flight`` requests going (reading and sending the next batches while
+    the server computes this one); at most that many batches are held at once.
     """
     chunks = (images[i:i + batch] for i in range(0, len(images), batch)) if isinstance(images, np.ndarray) else images
-    for chunk in chunks:
-        tokens, _ = runtime.infer(chunk, blocks)
-        if on_batch:
-            on_batch(len(tokens))
-        yield tokens
+    with ThreadPoolExecutor(max(1, runtime.in_flight), thread_name_prefix="extract") as pool:
+        pending: collections.deque[Future[tuple[np.ndarray, np.ndarray]]] = collections.deque()
+        try:
+            for chunk in chunks:
+                pending.append(pool.submit(runtime.infer, chunk, blocks))
+                if len(pending) >= runtime.in_flight:
+                    yield _delivered(pending.popleft(), on_batch)
+            while pending:
+                yield _delivered(pending.popleft(), on_batch)
+        finally:  # stopped early (an error, a consumer that closed the generator): nothing more is sent
+            for future in pending:
+                future.cancel()
 
 
-def feature_keys(plan: Plan, data: dict[str, SplitArrays]) -> dict[str, FeatureKey] | None:
+def _delivered(future: Future[tuple[np.ndarray, np.ndarray]], on_batch: Callable[[int], None] | None) -> np.ndarray:
+    tokens, _ = future.result()
+    if on_batch:
+        on_batch(len(tokens))
+    return tokens
+
+
+def feature_keys(plan: Plan, data: dict[str, SplitArrays], device: str = "cpu") -> dict[str, FeatureKey] | None:
     """The cache key of each split's features, or None where the model's environment is unknown.
 
     A server started elsewhere (``--endpoint``) may run any code on any weights, so its
-    features are never cached.
+    features are never cached. Features computed on a GPU are keyed apart from a CPU's.
     """
     cfg, spec = plan.cfg, plan.spec
     if cfg.runtime == "endpoint" or (cfg.runtime == "docker" and not plan.image_digest):
         return None
-    environment = plan.image_digest if cfg.runtime == "docker" and plan.image_digest else host_environment()
+    environment = on_device(plan.image_digest if cfg.runtime == "docker" and plan.image_digest else host_environment(), device)
     return {
         name: FeatureKey(spec.name, spec.spec_hash(), environment, plan.weights.identity, plan.card.name, plan.card.card_hash(), name,
                          pixels_hash([d.images]), plan.size, plan.blocks)
@@ -72,8 +98,9 @@ class SegmentationTask:
 
     def compute(self, plan: Plan, ctx: RunContext) -> ResultRow:
         if _config(plan).strategy == "frozen":
-            return _run_frozen(plan, ctx.data_dir, ctx.show_progress, ctx.endpoint, ctx.runtime_options(), FeatureCache() if ctx.feature_cache else None)
-        return run_training_job(plan, ctx.results_dir, ctx.data_dir, ctx.show_progress, ctx.image, fresh=ctx.fresh)
+            return _run_frozen(plan, ctx.data_dir, ctx.show_progress, ctx.endpoint, ctx.runtime_options(), FeatureCache() if ctx.feature_cache else None,
+                               ctx.device)
+        return run_training_job(plan, ctx.results_dir, ctx.data_dir, ctx.show_progress, ctx.image, fresh=ctx.fresh, device=ctx.device)
 
     def after_write(self, plan: Plan, ctx: RunContext) -> None:
         if _config(plan).strategy != "frozen":
@@ -91,14 +118,14 @@ def _config(plan: Plan) -> RunConfig:
 
 
 def _run_frozen(plan: Plan, data_dir: Path | None, show_progress: bool, endpoint: str | None, runtime_options: dict[str, object],
-                cache: FeatureCache | None) -> ResultRow:
-    """The ``frozen`` strategy: features through the runtime once (or from the cache), then decoder epochs here."""
+                cache: FeatureCache | None, device: str = "cpu") -> ResultRow:
+    """The ``frozen`` strategy: features through the runtime once (or from the cache), then decoder epochs here, on ``device``."""
     started = time.perf_counter()
     cfg, spec, card, blocks, size = _config(plan), plan.spec, plan.card, plan.blocks, plan.size
     data, parts = load_splits(card, size, data_dir)
     torch.manual_seed(cfg.seed)
 
-    keys = feature_keys(plan, data) if cache is not None else None
+    keys = feature_keys(plan, data, device) if cache is not None else None
     tokens = {name: cache.get(key) for name, key in keys.items()} if cache is not None and keys else {}
     missing = [name for name in data if tokens.get(name) is None]
     transfer, digest = "cache", None
@@ -114,7 +141,7 @@ def _run_frozen(plan: Plan, data_dir: Path | None, show_progress: bool, endpoint
                 where = f"{runtime.name}{', to the cache' if keys else ''}"
                 task = bar.add_task(f"features {spec.name} ({where})", total=total, info=f"{size}px blocks {list(blocks)}")
                 for name in missing:
-                    batches = iter_features(runtime, data[name].images, blocks, on_batch=lambda n: bar.advance(task, n))
+                    batches = iter_features(runtime, data[name].images, blocks, batch=extract_batch(device), on_batch=lambda n: bar.advance(task, n))
                     tokens[name] = cache.put(keys[name], batches) if cache is not None and keys else np.concatenate(list(batches))
         if runtime is not None and cfg.inference == "resize":  # nothing more to extract: free the server before training
             runtime.stop()
@@ -127,13 +154,14 @@ def _run_frozen(plan: Plan, data_dir: Path | None, show_progress: bool, endpoint
                 bar.update(task, advance=1, info=f"loss {rec['loss']:.4f} val {cfg.select_metric} {rec['val_' + cfg.select_metric]:.4f}")
 
             test_feats = feats["test"] if cfg.inference == "resize" else None
-            result = train_frozen(cfg, feats["train"], feats["val"], test_feats, card.num_classes, spec.patch_size, card.ignore_index, on_epoch)
+            result = train_frozen(cfg, feats["train"], feats["val"], test_feats, card.num_classes, spec.patch_size, card.ignore_index, on_epoch,
+                                  device=device)
 
         def windows(tiles: np.ndarray) -> np.ndarray:
             assert runtime is not None  # slide inference keeps the runtime
             grid, _ = runtime.infer(tiles, blocks)
             with torch.inference_mode():
-                return result.decoder(torch.from_numpy(grid)).float().numpy()
+                return result.decoder(torch.from_numpy(grid).to(device)).float().cpu().numpy()
 
         with progress_bar(show_progress and cfg.inference == "slide") as bar:
             task = bar.add_task(f"slide {cfg.window or size}px (overlap {cfg.overlap})", total=None, info="")
@@ -143,4 +171,5 @@ def _run_frozen(plan: Plan, data_dir: Path | None, show_progress: bool, endpoint
     # a shared server (--endpoint, pfmbench sweep) does not know its image: the plan does
     digest = digest or plan.image_digest
     return make_row(cfg, spec, card, plan.weights.label, blocks, size, data, report, result.best_epoch, result.best_val, transfer, digest,
-                    time.perf_counter() - started, instances, trainable=trainable, key=plan.run_key)
+                    time.perf_counter() - started, instances, trainable=trainable, key=plan.run_key,
+                    device=device, precision=None if endpoint else precision(device, "bf16-autocast"))  # a server elsewhere: unknown

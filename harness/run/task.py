@@ -31,10 +31,12 @@ class RunContext:
     notify: Callable[[str], None] = field(default=lambda message: None)
     startup_timeout_s: float = constants.STARTUP_TIMEOUT_S  # --startup-timeout / PFMBENCH_STARTUP_TIMEOUT
     request_timeout_s: float = constants.REQUEST_TIMEOUT_S  # --request-timeout / PFMBENCH_REQUEST_TIMEOUT
+    #: --device / PFMBENCH_DEVICE; :func:`~harness.run.lifecycle.execute` resolves it (``cpu``, ``cuda:N``) before anything runs
+    device: str = constants.DEVICE
 
     def runtime_options(self) -> dict[str, object]:
-        """Keyword arguments for :func:`~harness.runtime.make_runtime`: the image to run in, and the waits."""
-        options: dict[str, object] = {"startup_timeout_s": self.startup_timeout_s, "request_timeout_s": self.request_timeout_s}
+        """Keyword arguments for :func:`~harness.runtime.make_runtime`: the device, the image to run in, and the waits."""
+        options: dict[str, object] = {"device": self.device, "startup_timeout_s": self.startup_timeout_s, "request_timeout_s": self.request_timeout_s}
         if self.image:
             options["image"] = self.image
         return options

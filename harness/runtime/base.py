@@ -20,6 +20,8 @@ class Runtime(abc.ABC):
     """Where a model runs. Subclasses: ``inprocess``, ``local`` (subprocess), ``docker``."""
 
     name: str = "runtime"
+    #: Requests :func:`~harness.run.segmentation.iter_features` keeps in flight (``infer`` is thread-safe when > 1).
+    in_flight: int = 1
 
     def __init__(self, spec: ModelSpec, weights: ResolvedWeights) -> None:
         self.spec = spec

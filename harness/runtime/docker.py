@@ -14,7 +14,7 @@ import logging
 import secrets
 import time
 import uuid
-from typing import Unpack
+from typing import Any, Unpack
 
 from harness import constants
 from harness.errors import ServerError
@@ -23,6 +23,7 @@ from harness.models.weights import ResolvedWeights
 from harness.runtime.images import docker_client, ensure_image, image_identity
 from harness.runtime.owners import RUN_LABEL, owner_labels, reap_orphan_containers
 from harness.runtime.served import ServedOptions, ServedRuntime
+from harness.util.devices import docker_device_requests, inside_device, resolve_device
 
 log = logging.getLogger("pfmbench.runtime")
 
@@ -31,12 +32,34 @@ HTTP_PORT = 8000
 WEIGHTS_MOUNT = "/weights"
 
 
+def server_container(spec: ModelSpec, weights: ResolvedWeights, device: str, name: str, token: str) -> dict[str, Any]:
+    """The ``containers.run`` arguments of a model server on ``device`` (``cpu`` or ``cuda:N``), the image aside.
+
+    A GPU is handed over as a device request for that GPU alone (the NVIDIA container
+    runtime), which the server inside sees as ``cuda``. Ports are published on 127.0.0.1.
+    """
+    volumes, weights_arg = {}, "random"
+    if weights.path is not None:
+        weights_arg = f"{WEIGHTS_MOUNT}/{weights.path.name}"
+        volumes[str(weights.path)] = {"bind": weights_arg, "mode": "ro"}
+    return {
+        "command": ["python", "-m", "harness.serve", "--model", spec.name, "--weights", weights_arg, "--init-seed", str(weights.init_seed),
+                    "--device", inside_device(device), "--host", "0.0.0.0", "--grpc-port", str(GRPC_PORT), "--http-port", str(HTTP_PORT)],
+        "name": name, "environment": {constants.TOKEN_ENV: token},
+        "ports": {f"{GRPC_PORT}/tcp": ("127.0.0.1", None), f"{HTTP_PORT}/tcp": ("127.0.0.1", None)},
+        "ipc_mode": "host", "volumes": volumes, "labels": {RUN_LABEL: name, "org.pfmbench.model": spec.name, **owner_labels()},
+        "device_requests": docker_device_requests(device),
+    }
+
+
 class DockerRuntime(ServedRuntime):
     name = "docker"
 
-    def __init__(self, spec: ModelSpec, weights: ResolvedWeights, image: str | None = None, **options: Unpack[ServedOptions]) -> None:
+    def __init__(self, spec: ModelSpec, weights: ResolvedWeights, image: str | None = None, device: str | None = None,
+                 **options: Unpack[ServedOptions]) -> None:
         super().__init__(spec, weights, **options)
         self.image_ref = image
+        self.device = resolve_device(device)  # decided on the host: the container sees only that GPU
         self.container = None
         self._digest: str | None = None
         self._status: int | None = None
@@ -51,20 +74,9 @@ class DockerRuntime(ServedRuntime):
         image = client.images.get(self.image_ref) if self.image_ref else ensure_image(self.spec.name)
         self._digest = image_identity(image)
         token = secrets.token_hex(16)
-        volumes, weights_arg = {}, "random"
-        if self.weights.path is not None:
-            weights_arg = f"{WEIGHTS_MOUNT}/{self.weights.path.name}"
-            volumes[str(self.weights.path)] = {"bind": weights_arg, "mode": "ro"}
         name = f"pfmbench-{self.spec.name}-{uuid.uuid4().hex[:8]}"
-        self.container = client.containers.run(
-            image.id,
-            command=["python", "-m", "harness.serve", "--model", self.spec.name, "--weights", weights_arg,
-                     "--init-seed", str(self.weights.init_seed), "--host", "0.0.0.0", "--grpc-port", str(GRPC_PORT), "--http-port", str(HTTP_PORT)],
-            name=name, detach=True, environment={constants.TOKEN_ENV: token},
-            ports={f"{GRPC_PORT}/tcp": ("127.0.0.1", None), f"{HTTP_PORT}/tcp": ("127.0.0.1", None)},
-            ipc_mode="host", volumes=volumes, labels={RUN_LABEL: name, "org.pfmbench.model": self.spec.name, **owner_labels()},
-        )
-        log.info("container %s from %s", name, self._digest)
+        self.container = client.containers.run(image.id, detach=True, **server_container(self.spec, self.weights, self.device, name, token))
+        log.info("container %s from %s on %s", name, self._digest, self.device)
         self._connect(f"127.0.0.1:{self._published_port(GRPC_PORT)}", token, http_url=f"127.0.0.1:{self._published_port(HTTP_PORT)}")
         self._wait_ready()
 

@@ -3,12 +3,12 @@
 from __future__ import annotations
 
 import numpy as np
-import torch
 
 from harness.models.spec import ModelSpec
 from harness.models.weights import ResolvedWeights
 from harness.runtime.base import Runtime
 from harness.serve.engines import Extracts, build_engine
+from harness.util.devices import resolve_device
 
 
 class InProcessRuntime(Runtime):
@@ -18,7 +18,7 @@ class InProcessRuntime(Runtime):
 
     def __init__(self, spec: ModelSpec, weights: ResolvedWeights, device: str | None = None, engine: str = "torch") -> None:
         super().__init__(spec, weights)
-        self.device = device or ("cuda" if torch.cuda.is_available() else "cpu")
+        self.device = resolve_device(device)
         self.engine = engine
 
     def start(self) -> None:

@@ -23,6 +23,7 @@ from harness import constants
 from harness.models.spec import ModelSpec
 from harness.models.weights import ResolvedWeights
 from harness.runtime.served import ServedOptions, ServedRuntime
+from harness.util.devices import inside_device, visible_devices_env
 from harness.util.procgroup import spawn_group, stop_group
 
 log = logging.getLogger("pfmbench.runtime")
@@ -68,10 +69,11 @@ class LocalRuntime(ServedRuntime):
     name = "local"
 
     def __init__(self, spec: ModelSpec, weights: ResolvedWeights, device: str | None = None, engine: str = "torch",
-                 **options: Unpack[ServedOptions]) -> None:
+                 threads: int | None = None, **options: Unpack[ServedOptions]) -> None:
         super().__init__(spec, weights, **options)
         self.device = device
         self.engine = engine
+        self.threads = threads  # torch's intra-op threads in the server (default: torch's own choice)
         self.proc: subprocess.Popen[bytes] | None = None
         self.log_path: Path | None = None
 
@@ -83,9 +85,11 @@ class LocalRuntime(ServedRuntime):
             "--host", "127.0.0.1", "--http-port", str(http), "--grpc-port", str(grpc), "--metrics-port", str(metrics),
         ]
         if self.device:
-            cmd += ["--device", self.device]
+            cmd += ["--device", inside_device(self.device)]
         if self.engine != "torch":
             cmd += ["--engine", self.engine]
+        if self.threads:
+            cmd += ["--threads", str(self.threads)]
         return cmd
 
     def start(self) -> None:
@@ -94,7 +98,8 @@ class LocalRuntime(ServedRuntime):
         fd, name = tempfile.mkstemp(prefix=f"pfmbench-{self.spec.name}-", suffix=".log")
         self.log_path = Path(name)
         with os.fdopen(fd, "wb") as logf:
-            self.proc = spawn_group(self._command(ports), stdout=logf, stderr=subprocess.STDOUT, stdin=subprocess.DEVNULL, env=server_env(token))
+            env = {**server_env(token), **(visible_devices_env(self.device) if self.device else {})}  # the chosen GPU is the server's cuda
+            self.proc = spawn_group(self._command(ports), stdout=logf, stderr=subprocess.STDOUT, stdin=subprocess.DEVNULL, env=env)
         self._connect(f"127.0.0.1:{ports[1]}", token, http_url=f"127.0.0.1:{ports[0]}")
         log.info("local server for %s: pid %d, grpc 127.0.0.1:%d", self.spec.name, self.proc.pid, ports[1])
         self._wait_ready()

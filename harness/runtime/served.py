@@ -4,11 +4,17 @@ Subclasses say how to start and stop the server process (``local``: a subprocess
 ``docker``: a container; ``endpoint``: someone else's) and how to tell whether it is
 still alive; this class turns a failed request into :class:`ServerDiedError` when the
 server is gone, or :class:`ServerError` otherwise.
+
+``infer`` is thread-safe: each call borrows a client from a small pool (one per request
+in flight, :data:`~harness.constants.IN_FLIGHT`), each with its own shared-memory
+regions, so the next batch travels while the server computes this one.
 """
 
 from __future__ import annotations
 
 import abc
+import queue
+import threading
 import time
 from typing import TypedDict
 
@@ -32,11 +38,15 @@ class ServedOptions(TypedDict, total=False):
 
 class ServedRuntime(Runtime):
     def __init__(self, spec: ModelSpec, weights: ResolvedWeights, startup_timeout_s: float = constants.STARTUP_TIMEOUT_S,
-                 transfer: Transfer = "auto", request_timeout_s: float = constants.REQUEST_TIMEOUT_S) -> None:
+                 transfer: Transfer = "auto", request_timeout_s: float = constants.REQUEST_TIMEOUT_S, in_flight: int = constants.IN_FLIGHT) -> None:
         super().__init__(spec, weights)
         self.startup_timeout_s, self.request_timeout_s = startup_timeout_s, request_timeout_s
         self._transfer = transfer
-        self.client: FeatureClient | None = None
+        self.in_flight = max(1, in_flight)
+        self.client: FeatureClient | None = None  # the first of the pool: health checks and the transfer in use
+        self._clients: list[FeatureClient] = []
+        self._idle: queue.SimpleQueue[FeatureClient] = queue.SimpleQueue()
+        self._pool_lock = threading.Lock()
         self._failed = False
 
     @property
@@ -60,9 +70,30 @@ class ServedRuntime(Runtime):
         return "the server log"
 
     def _connect(self, url: str, token: str | None, http_url: str | None = None) -> None:
-        self.url, self.token = url, token  # other processes may share this server (pfmbench sweep)
-        self.client = FeatureClient(url, self.spec, token=token, transfer=self._transfer, alive=self.alive, http_url=http_url,
-                                    timeout_s=self.request_timeout_s)
+        self.url, self.token, self._http_url = url, token, http_url  # other processes may share this server (pfmbench sweep)
+        self.client = self._new_client()
+        self._idle.put(self.client)
+
+    @property
+    def connections(self) -> int:
+        """Clients opened so far: more than one only when requests were really in flight together."""
+        return len(self._clients)
+
+    def _new_client(self) -> FeatureClient:
+        client = FeatureClient(self.url, self.spec, token=self.token, transfer=self._transfer, alive=self.alive, http_url=self._http_url,
+                               timeout_s=self.request_timeout_s)
+        self._clients.append(client)
+        return client
+
+    def _borrow(self) -> FeatureClient:
+        """An idle client; a new one while fewer than ``in_flight`` exist; else wait for one to come back."""
+        try:
+            return self._idle.get_nowait()
+        except queue.Empty:
+            with self._pool_lock:
+                if len(self._clients) < self.in_flight:
+                    return self._new_client()
+            return self._idle.get()
 
     def _wait_ready(self) -> None:
         assert self.client
@@ -104,8 +135,9 @@ class ServedRuntime(Runtime):
         if not self.alive():
             self._failed = True
             raise ServerDiedError(self.spec.name, self.exit_status(), self.logs())
+        client = self._borrow()
         try:
-            return self.client.infer(images, blocks)
+            return client.infer(images, blocks)
         except Exception as exc:
             self._failed = True
             if self._dead():
@@ -114,11 +146,13 @@ class ServedRuntime(Runtime):
                 f"the model server for '{self.spec.name}' failed a request: {str(exc).splitlines()[0]}",
                 f"see {self.where_logs}",
             ) from exc
+        finally:
+            self._idle.put(client)
 
     def _close_client(self) -> None:
-        if self.client is not None:
+        clients, self._clients, self.client, self._idle = self._clients, [], None, queue.SimpleQueue()
+        for client in clients:
             try:
-                self.client.close()
+                client.close()
             except Exception:  # the server may already be gone; the regions are unlinked anyway
                 pass
-            self.client = None

@@ -19,10 +19,15 @@ def main(argv: list[str] | None = None) -> None:
     p.add_argument("--http-port", type=int, default=8000)
     p.add_argument("--grpc-port", type=int, default=8001)
     p.add_argument("--metrics-port", type=int, default=8002)
-    p.add_argument("--device", default=None)
+    p.add_argument("--device", default=None, help="auto (default: CUDA when there is a GPU) | cpu | cuda | cuda:N")
     p.add_argument("--engine", default="torch", choices=["torch", "compile", "onnx"],
                    help="eager PyTorch, torch.compile, or onnxruntime on the model's ONNX export")
+    p.add_argument("--threads", type=int, default=None, help="torch intra-op threads (default: torch's choice, one per core)")
     args = p.parse_args(argv)
+    if args.threads:
+        import torch
+
+        torch.set_num_threads(args.threads)
     logging.basicConfig(level=logging.INFO, format="%(asctime)s %(name)s %(message)s")
     serve(get_spec(args.model), args.weights, args.init_seed, args.host, args.http_port, args.grpc_port, args.metrics_port, args.device, engine=args.engine)
 

@@ -10,8 +10,10 @@ A graph is exported per (tapped blocks, input height, width) with a dynamic batc
 dimension, on first use, into ``$PFMBENCH_CACHE/onnx/<model>-<hash>/model.onnx`` (the
 hash covers spec, weights, blocks and size; written in a temporary folder and renamed),
 and reused after.
-Execution providers: CUDA then CPU on a GPU (needs the ``onnxruntime-gpu`` wheel),
-CPU otherwise.
+Execution providers (:func:`providers_for`): on a GPU, TensorRT in fp16 (with its engine
+cache beside the graph) where the TensorRT libraries are installed, then CUDA; both need
+the ``onnxruntime-gpu`` wheel instead of the CPU one (``make setup-gpu``). ``--engine onnx``
+on a GPU without them is an error, never a silent run on the CPU provider.
 """
 
 from __future__ import annotations
@@ -26,6 +28,7 @@ import torch
 from torch import nn
 
 from harness import constants
+from harness.errors import DeviceError
 from harness.models.builders import TokenExtractor
 from harness.models.spec import resolve_blocks
 from harness.models.weights import ResolvedWeights
@@ -68,6 +71,28 @@ def export(extractor: TokenExtractor, weights: ResolvedWeights, blocks: tuple[in
     return entry / "model.onnx"
 
 
+def providers_for(device: str, available: list[str], cache_dir: Path) -> list[str | tuple[str, dict[str, object]]]:
+    """The execution providers, best first, for ``device`` given onnxruntime's ``available`` ones.
+
+    CPU: the CPU provider. GPU: TensorRT (fp16, engines cached in ``cache_dir``) if
+    available, then CUDA, then CPU for the few nodes neither takes; a
+    :class:`~harness.errors.DeviceError` when neither GPU provider is there.
+    """
+    if not device.startswith("cuda"):
+        return ["CPUExecutionProvider"]
+    index = int(device.partition(":")[2] or 0)
+    chosen: list[str | tuple[str, dict[str, object]]] = []
+    if "TensorrtExecutionProvider" in available:
+        chosen.append(("TensorrtExecutionProvider", {"device_id": index, "trt_fp16_enable": True, "trt_engine_cache_enable": True,
+                                                     "trt_engine_cache_path": str(cache_dir)}))
+    if "CUDAExecutionProvider" in available:
+        chosen.append(("CUDAExecutionProvider", {"device_id": index}))
+    if not chosen:
+        raise DeviceError(f"--engine onnx on {device}: this onnxruntime has only {', '.join(available)} (the CPU wheel)",
+                          "install the GPU set (make setup-gpu: onnxruntime-gpu), or use --engine torch")
+    return [*chosen, "CPUExecutionProvider"]
+
+
 class OnnxExtractor:
     """``extract(images, blocks)`` as :class:`~harness.models.builders.TokenExtractor` has it, run by onnxruntime."""
 
@@ -75,8 +100,9 @@ class OnnxExtractor:
         import onnxruntime as ort
 
         self.extractor, self.weights, self.directory = extractor, weights, directory
-        wanted = ["CUDAExecutionProvider", "CPUExecutionProvider"] if device.startswith("cuda") else ["CPUExecutionProvider"]
-        self.providers = [p for p in wanted if p in ort.get_available_providers()]
+        if device.startswith("cuda") and hasattr(ort, "preload_dlls"):
+            ort.preload_dlls()  # the CUDA libraries of the nvidia-* wheels torch uses: no system CUDA needed
+        self.providers = providers_for(device, ort.get_available_providers(), (directory or onnx_dir()) / "tensorrt")
         self._sessions: dict[tuple, object] = {}
         self._lock = threading.Lock()
 

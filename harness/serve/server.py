@@ -16,7 +16,6 @@ import shutil
 from pathlib import Path
 
 import numpy as np
-import torch
 
 from harness import constants
 from harness.client.regions import SHM_DIR
@@ -25,6 +24,7 @@ from harness.models.weights import ResolvedWeights, resolve_weights
 from harness.serve import protocol
 from harness.serve.engines import build_engine
 from harness.serve.workspace import new_workspace
+from harness.util.devices import resolve_device
 from harness.util.leases import release
 from harness.util.procgroup import command_line, die_with_parent_promptly, kill_own_group, live_members
 
@@ -89,10 +89,10 @@ def _reap_triton(workspace: Path) -> None:
 
 def _serve_until_stopped(spec: ModelSpec, weights: str, init_seed: int, host: str, http_port: int, grpc_port: int, metrics_port: int,
                          device: str | None, max_batch: int, engine: str, workspace: Path) -> None:
-    from pytriton.model_config import DynamicBatcher, ModelConfig, Tensor
+    from pytriton.model_config import ModelConfig, Tensor
     from pytriton.triton import Triton, TritonConfig, TritonSecurityConfig
 
-    device = device or ("cuda" if torch.cuda.is_available() else "cpu")
+    device = resolve_device(device)
     resolved = resolve_weights(spec, weights, init_seed=init_seed)
     infer = make_infer_fn(spec, resolved, device, engine)
     token = constants.triton_token()
@@ -114,7 +114,9 @@ def _serve_until_stopped(spec: ModelSpec, weights: str, init_seed: int, host: st
                 Tensor(name=protocol.TOKENS, dtype=np.float16, shape=(-1, -1, -1, spec.embed_dim)),
                 Tensor(name=protocol.CLS, dtype=np.float16, shape=(-1, spec.embed_dim)),
             ],
-            config=ModelConfig(max_batch_size=max_batch, batcher=DynamicBatcher(max_queue_delay_microseconds=2000)),
+            # no dynamic batcher: the client already batches, and a request computed as sent gives the same features
+            # whatever else is in flight (a batcher would merge requests by timing; the numbers could then vary)
+            config=ModelConfig(max_batch_size=max_batch, batcher=None),
             strict=True,
         )
         log.info("serving %s (%s weights) on %s grpc=%d http=%d device=%s engine=%s", spec.name, resolved.label, host, grpc_port, http_port, device, engine)

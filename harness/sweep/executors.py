@@ -8,8 +8,10 @@ attempts and executors touched it.
 
 The local executor keeps one feature server per model alive while that model's
 ``frozen`` jobs run and points them at it (``--endpoint``), restarting it if it died.
-Ray tasks are plain remote functions with CPU/GPU requests; Ray places them, and a task
-whose worker dies comes back to the driver as a failure, to be retried like any other.
+On a GPU machine it runs one job per GPU by default, each seeing only its GPU
+(``CUDA_VISIBLE_DEVICES``). Ray tasks are plain remote functions with CPU/GPU requests
+(one GPU per job where the cluster has GPUs); Ray places them, and a task whose worker
+dies comes back to the driver as a failure, to be retried like any other.
 """
 
 from __future__ import annotations
@@ -93,15 +95,26 @@ def run_attempt(cmd: list[str], env: dict[str, str] | None = None, timeout_s: fl
 
 
 class LocalExecutor:
-    """Up to ``concurrency`` jobs at once on this machine; one shared feature server per model for ``frozen`` jobs."""
+    """Up to ``concurrency`` jobs at once on this machine; one shared feature server per model for ``frozen`` jobs.
+
+    ``gpus``: the GPUs jobs are placed on (default: every GPU torch sees). ``concurrency``
+    defaults to one job per GPU, or 1 without a GPU; with more jobs than GPUs, the job
+    slots take the GPUs in turn (two slots on one GPU share it).
+    """
 
     name = "local"
 
-    def __init__(self, results_dir: Path, data_dir: Path | None, concurrency: int = 1, share_servers: bool = True, timeout_s: float | None = None) -> None:
+    def __init__(self, results_dir: Path, data_dir: Path | None, concurrency: int | None = None, share_servers: bool = True,
+                 timeout_s: float | None = None, gpus: list[int] | None = None) -> None:
+        from harness.util.devices import cuda_devices
+
         self.results_dir, self.data_dir, self.timeout_s = results_dir, data_dir, timeout_s
-        self.concurrency = max(1, concurrency)
+        devices = list(range(cuda_devices())) if gpus is None else list(gpus)
+        self.concurrency = max(1, concurrency or len(devices) or 1)
+        self.free_gpus: deque[int] = deque(devices[k % len(devices)] for k in range(self.concurrency)) if devices else deque()
         self.pool = ThreadPoolExecutor(max_workers=self.concurrency, thread_name_prefix="sweep-job")
         self.futures: dict[Future, Job] = {}
+        self.gpu_of: dict[Future, int] = {}  # the GPU a running job holds
         self.live: set = set()  # job processes now running
         self.pending: deque[Job] = deque()
         self.unstarted: list[tuple[Job, Attempt]] = []  # attempts that failed before their process started
@@ -131,7 +144,7 @@ class LocalExecutor:
         return runtime
 
     def _dispatch(self) -> None:
-        """Start queued jobs while slots are free; each gets its server as it starts (a restarted one has a new address)."""
+        """Start queued jobs while slots (and, on a GPU machine, GPUs) are free; each gets its server as it starts."""
         while self.pending and len(self.futures) < self.concurrency:
             job = self.pending.popleft()
             try:
@@ -140,8 +153,14 @@ class LocalExecutor:
                 self.unstarted.append((job, failed_attempt(exc)))
                 continue
             env = {constants.TOKEN_ENV: server.token or ""} if server is not None else {}
+            gpu = self.free_gpus.popleft() if self.free_gpus else None
+            if gpu is not None:
+                env["CUDA_VISIBLE_DEVICES"] = str(gpu)  # the job's --device auto is then this GPU, as its cuda:0
             cmd = job_command(job, self.results_dir, self.data_dir, server.url if server is not None else None)
-            self.futures[self.pool.submit(run_attempt, cmd, env, self.timeout_s, self.live)] = job
+            future = self.pool.submit(run_attempt, cmd, env, self.timeout_s, self.live)
+            self.futures[future] = job
+            if gpu is not None:
+                self.gpu_of[future] = gpu
 
     def submit(self, job: Job) -> None:
         self.pending.append(job)
@@ -153,6 +172,8 @@ class LocalExecutor:
             done, _ = wait_futures(list(self.futures), timeout=timeout_s, return_when=FIRST_COMPLETED)
             for f in done:
                 job = self.futures.pop(f)
+                if (gpu := self.gpu_of.pop(f, None)) is not None:
+                    self.free_gpus.append(gpu)
                 try:
                     out.append((job, f.result()))
                 except Exception as exc:
@@ -190,7 +211,7 @@ class RayExecutor:
     name = "ray"
 
     def __init__(self, results_dir: Path, data_dir: Path | None, address: str | None = None, cpus_per_job: float = 1.0,
-                 gpus_per_job: float = 0.0, timeout_s: float | None = None) -> None:
+                 gpus_per_job: float | None = None, timeout_s: float | None = None) -> None:
         import ray
 
         self.ray = ray
@@ -198,6 +219,9 @@ class RayExecutor:
         self.owns_cluster = not ray.is_initialized() and address is None
         if not ray.is_initialized():
             ray.init(address=address or "local", include_dashboard=False, logging_level=logging.ERROR, log_to_driver=False)
+        if gpus_per_job is None:  # one GPU per job where the cluster has GPUs (Ray then sets the task's CUDA_VISIBLE_DEVICES)
+            gpus_per_job = 1.0 if ray.cluster_resources().get("GPU", 0) > 0 else 0.0
+        self.gpus_per_job = gpus_per_job
         self.remote = ray.remote(num_cpus=cpus_per_job, num_gpus=gpus_per_job, max_retries=0)(_ray_attempt)
         self.refs: dict[object, Job] = {}
 
@@ -239,8 +263,8 @@ def _ray_attempt(cmd: list[str], env: dict[str, str] | None, timeout_s: float | 
                        "wall_s": a.wall_s, "where": a.where, "note": a.note})
 
 
-def make_executor(name: str, results_dir: Path, data_dir: Path | None, concurrency: int = 1, timeout_s: float | None = None,
-                  address: str | None = None, cpus_per_job: float = 1.0, gpus_per_job: float = 0.0) -> LocalExecutor | RayExecutor:
+def make_executor(name: str, results_dir: Path, data_dir: Path | None, concurrency: int | None = None, timeout_s: float | None = None,
+                  address: str | None = None, cpus_per_job: float = 1.0, gpus_per_job: float | None = None) -> LocalExecutor | RayExecutor:
     """The executor ``pfmbench sweep --executor`` names; the local one ignores the Ray options and vice versa."""
     from harness.errors import ConfigError
 

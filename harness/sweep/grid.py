@@ -73,13 +73,16 @@ class Job:
 
 def expand(spec: SweepSpec) -> list[Job]:
     """Every cell of the grid as a resolved job (configs validated up front: a typo fails before anything runs)."""
+    from harness import constants
     from harness.run.plan import expand_grid, plan_run
+    from harness.util.devices import resolve_device
 
+    device = resolve_device(constants.DEVICE)  # what a job's --device auto resolves to (its GPU, seen as cuda:0): the same key
     jobs: dict[str, Job] = {}
     for cfg, _ in expand_grid("segmentation", spec.models, spec.datasets, spec.strategies, spec.seeds, runtime=spec.runtime,
                               preset=spec.preset, weights=spec.weights, **spec.overrides):
         assert isinstance(cfg, RunConfig)
-        key = plan_run(cfg).run_key
+        key = plan_run(cfg, device=device).run_key
         assert key is not None
         jobs.setdefault(key, Job(cfg, key, f"{cfg.model} / {cfg.dataset} / {cfg.strategy} / {cfg.seed}"))
     return list(jobs.values())

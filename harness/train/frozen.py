@@ -11,8 +11,10 @@ from __future__ import annotations
 
 import copy
 import math
-from collections.abc import Callable
+from collections.abc import Callable, Iterable, Iterator
+from concurrent.futures import Future, ThreadPoolExecutor
 from dataclasses import dataclass
+from typing import TypeVar
 
 import numpy as np
 import torch
@@ -102,12 +104,44 @@ def as_tensor(a: np.ndarray) -> torch.Tensor:
     return torch.from_numpy(a if a.flags.writeable else np.array(a))
 
 
-def _predict(decoder: torch.nn.Module, tokens: np.ndarray, batch_size: int) -> np.ndarray:
+T = TypeVar("T")
+Item = TypeVar("Item")
+
+
+def prefetched(load: Callable[[Item], T], items: Iterable[Item]) -> Iterator[T]:
+    """``load(item)`` for each item in order, the next one loading on a worker thread while the caller uses this one.
+
+    Reading a batch of the feature cache (a gather from a memory map: disk, then a copy)
+    and pinning it overlap the decoder's step on the device instead of preceding it.
+    """
+    with ThreadPoolExecutor(1, thread_name_prefix="prefetch") as pool:
+        pending: Future[T] | None = None
+        for item in items:
+            upcoming = pool.submit(load, item)
+            if pending is not None:
+                yield pending.result()
+            pending = upcoming
+        if pending is not None:
+            yield pending.result()
+
+
+def host_tensor(a: np.ndarray, device: torch.device) -> torch.Tensor:
+    """``a`` as a tensor ready to go to ``device``: in pinned memory for a GPU, so the copy is asynchronous."""
+    t = as_tensor(a)
+    return t.pin_memory() if device.type == "cuda" else t
+
+
+def on_device(t: torch.Tensor, device: torch.device) -> torch.Tensor:
+    return t.to(device, non_blocking=True)
+
+
+def _predict(decoder: torch.nn.Module, tokens: np.ndarray, batch_size: int, device: torch.device) -> np.ndarray:
     decoder.eval()
     out = []
+    starts = range(0, len(tokens), batch_size)
     with torch.inference_mode():
-        for i in range(0, len(tokens), batch_size):
-            out.append(decoder(as_tensor(tokens[i:i + batch_size])).argmax(1).to(torch.uint8).numpy())
+        for batch in prefetched(lambda i: host_tensor(tokens[i:i + batch_size], device), starts):
+            out.append(decoder(on_device(batch, device)).argmax(1).to(torch.uint8).cpu().numpy())
     return np.concatenate(out)
 
 
@@ -120,10 +154,13 @@ def train_frozen(
     patch_size: int,
     ignore_index: int = 255,
     on_epoch: ProgressFn | None = None,
+    device: str = "cpu",
 ) -> FrozenResult:
+    """Train on ``device`` (a resolved one: ``cpu``, ``cuda:N``), batches fed from the cache through pinned memory, one ahead."""
     torch.manual_seed(cfg.seed)
     n_blocks, embed_dim = train.tokens.shape[1], train.tokens.shape[-1]
-    decoder = build_decoder(cfg.decoder, embed_dim, n_blocks, num_classes, patch_size)
+    dev = torch.device(device)
+    decoder = build_decoder(cfg.decoder, embed_dim, n_blocks, num_classes, patch_size).to(dev)
     opt = torch.optim.Adam(decoder.parameters(), lr=cfg.lr, betas=(0.9, 0.999), weight_decay=cfg.weight_decay)
     gen = torch.Generator().manual_seed(cfg.seed)
     best_val, best_epoch, best_state = -1.0, -1, copy.deepcopy(decoder.state_dict())
@@ -132,16 +169,18 @@ def train_frozen(
         lr = set_epoch_lr(opt, epoch, cfg)
         decoder.train()
         losses = []
-        for idx in epoch_batches(len(train.tokens), cfg.batch_size, gen):
-            logits = decoder(as_tensor(train.tokens[idx]))
-            loss = dice_loss(logits, torch.from_numpy(train.masks[idx]).long(), ignore_index)
+        batches = prefetched(lambda idx: (host_tensor(train.tokens[idx], dev), host_tensor(train.masks[idx], dev)),
+                             epoch_batches(len(train.tokens), cfg.batch_size, gen))
+        for tokens, masks in batches:
+            logits = decoder(on_device(tokens, dev))
+            loss = dice_loss(logits, on_device(masks, dev).long(), ignore_index)
             opt.zero_grad(set_to_none=True)
             loss.backward()
             if cfg.grad_clip:
                 torch.nn.utils.clip_grad_norm_(decoder.parameters(), cfg.grad_clip)
             opt.step()
             losses.append(loss.item())
-        record = epoch_record(epoch, losses, lr, _predict(decoder, val.tokens, cfg.batch_size), val.masks, num_classes, ignore_index)
+        record = epoch_record(epoch, losses, lr, _predict(decoder, val.tokens, cfg.batch_size, dev), val.masks, num_classes, ignore_index)
         if record["val_" + cfg.select_metric] > best_val:  # strict >, as the reference: ties keep the earlier epoch
             best_val, best_epoch, best_state = record["val_" + cfg.select_metric], epoch, copy.deepcopy(decoder.state_dict())
         history.append(record)
@@ -151,6 +190,6 @@ def train_frozen(
     decoder.eval()
     if test is None:
         return FrozenResult(None, best_epoch, best_val, history, decoder)
-    test_pred = _predict(decoder, test.tokens, cfg.batch_size)
+    test_pred = _predict(decoder, test.tokens, cfg.batch_size, dev)
     report = evaluate(per_image_confusion(test_pred, test.masks, num_classes, ignore_index), n_boot=cfg.n_bootstrap, seed=cfg.seed)
     return FrozenResult(report, best_epoch, best_val, history, decoder, test_pred)

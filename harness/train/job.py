@@ -28,6 +28,7 @@ from pydantic import BaseModel, ConfigDict
 from harness.config import RunConfig
 from harness.results.schema import ResultRow
 from harness.train.adapted import EventFn
+from harness.util.devices import precision, resolve_device
 
 EVENT_PREFIX = "@pfmbench "
 JOB_FILE, CHECKPOINT_FILE, BEST_FILE, RESULT_FILE = "job.json", "checkpoint.pt", "best.pt", "result.json"
@@ -86,7 +87,7 @@ def run_job(run_dir: Path, emit: EventFn = stdout_events) -> ResultRow:
     spec, card = get_spec(cfg.model), DatasetCard.model_validate(job.card)
     blocks = resolve_blocks(cfg.blocks or spec.blocks, spec.depth)
     size = cfg.input_size or card.input_size.for_patch(spec.patch_size)
-    device = torch.device(job.device or ("cuda" if torch.cuda.is_available() else "cpu"))
+    device = torch.device(resolve_device(job.device))
     weights = ResolvedWeights.random(cfg.init_seed) if job.weights == "random" else ResolvedWeights(kind="dir", path=Path(job.weights), sha256=job.weights_label.removeprefix("sha256:"), init_seed=cfg.init_seed)
     torch.manual_seed(cfg.seed)  # decoder and adapter init: the same in a fresh process and in this one
     model = build_segmenter(build_extractor(spec, weights), cfg.strategy, cfg.decoder, card.num_classes, blocks,
@@ -103,7 +104,8 @@ def run_job(run_dir: Path, emit: EventFn = stdout_events) -> ResultRow:
     )
     row = make_row(cfg, spec, card, job.weights_label, blocks, size, data, report, result.best_epoch, result.best_val,
                    transfer="none", digest=job.image_digest, wall=result.earlier_wall_s + time.perf_counter() - started,
-                   instance_scores=instances, trainable=result.trainable, step_s=result.step_s, key=job.run_key)
+                   instance_scores=instances, trainable=result.trainable, step_s=result.step_s, key=job.run_key,
+                   device=str(device), precision=precision(str(device), "fp16-amp" if cfg.amp else "fp32"))
     atomic_write_json(done, row.model_dump(mode="json"))
     emit("done", {"mDice": row.mDice, "best_epoch": row.best_epoch})
     return row

@@ -30,6 +30,7 @@ from harness.run.plan import Plan
 from harness.runtime.owners import RUN_LABEL, owner_labels, reap_orphan_containers
 from harness.train.job import CHECKPOINT_FILE, JOB_FILE, RESULT_FILE, JobSpec, parse_event, run_job
 from harness.util.atomic import atomic_write_json
+from harness.util.devices import docker_device_requests, inside_device, visible_devices_env
 from harness.util.procgroup import spawn_group, stop_group
 from harness.util.progress import progress_bar
 
@@ -55,8 +56,8 @@ def _follow(lines: Iterable[str], on_event: Callable[[dict], None], tail: collec
             on_event(event)
 
 
-def _run_local(run_dir: Path, on_event: Callable[[dict], None]) -> None:
-    env = {**os.environ, "PYTHONUNBUFFERED": "1"}
+def _run_local(run_dir: Path, on_event: Callable[[dict], None], device: str) -> None:
+    env = {**os.environ, "PYTHONUNBUFFERED": "1", **visible_devices_env(device)}
     tail: collections.deque = collections.deque(maxlen=40)
     proc = spawn_group(_job_command(run_dir, sys.executable), stdout=subprocess.PIPE, stderr=subprocess.STDOUT, stdin=subprocess.DEVNULL,
                        text=True, env=env)
@@ -70,22 +71,17 @@ def _run_local(run_dir: Path, on_event: Callable[[dict], None]) -> None:
         raise TrainJobError("local process", proc.returncode, "\n".join(tail))
 
 
-def _run_docker(run_dir: Path, job: JobSpec, mounts: list[tuple[Path, str]], image: str, on_event: Callable[[dict], None]) -> None:
+def _run_docker(run_dir: Path, job: JobSpec, mounts: list[tuple[Path, str]], image: str, on_event: Callable[[dict], None], device: str) -> None:
     from harness.runtime.images import docker_client
 
     client = docker_client()
     reap_orphan_containers(client)  # a container left by a harness that was killed: the run resumes from its checkpoint instead
     name = f"pfmbench-train-{job.run_key[:16]}"
     volumes = {str(p): {"bind": str(p), "mode": mode} for p, mode in mounts}
-    gpus = []
-    if (job.device or "").startswith("cuda"):  # PFMBENCH_DEVICE=cuda: hand the GPUs to the container (nvidia runtime)
-        import docker.types
-
-        gpus = [docker.types.DeviceRequest(count=-1, capabilities=[["gpu"]])]
     container = client.containers.run(
         image, command=_job_command(run_dir, "python"), name=name, detach=True, volumes=volumes, network_mode="none",
         user=f"{os.getuid()}:{os.getgid()}", environment={"HOME": "/tmp", "PYTHONUNBUFFERED": "1"}, ipc_mode="private",
-        labels={RUN_LABEL: name, "org.pfmbench.model": job.config.model, **owner_labels()}, device_requests=gpus,
+        labels={RUN_LABEL: name, "org.pfmbench.model": job.config.model, **owner_labels()}, device_requests=docker_device_requests(device),
     )
     tail: collections.deque = collections.deque(maxlen=40)
     try:
@@ -107,10 +103,11 @@ def _run_docker(run_dir: Path, job: JobSpec, mounts: list[tuple[Path, str]], ima
 
 
 def run_training_job(plan: Plan, results_dir: Path | None, data_dir: Path | None, show_progress: bool, image: str | None = None,
-                     fresh: bool = False) -> ResultRow:
-    """Run (or resume, or just collect) the training job of ``plan``; returns its row (not yet stored).
+                     fresh: bool = False, device: str = "cpu") -> ResultRow:
+    """Run (or resume, or just collect) the training job of ``plan`` on ``device`` (resolved); returns its row (not yet stored).
 
     ``fresh`` discards a checkpoint or finished result of the same key first: the run starts over.
+    A local or docker job is handed ``device``'s GPU alone, which it sees as ``cuda``.
     """
     from harness.data.loader import dataset_root
 
@@ -125,7 +122,8 @@ def run_training_job(plan: Plan, results_dir: Path | None, data_dir: Path | None
     source = dataset_root(plan.card, data_root).absolute()  # generates a built-in sample now, on the host
     weights = "random" if plan.weights.path is None else str(plan.weights.path.absolute())
     job = JobSpec(config=cfg, run_key=plan.run_key, weights=weights, weights_label=plan.weights.label, data_dir=str(data_root), card=plan.card.model_dump(mode="json"),
-                  image_digest=plan.image_digest, device=constants.DEVICE)
+                  image_digest=plan.image_digest,
+                  device=device if cfg.runtime == "inprocess" else inside_device(device))
     atomic_write_json(run_dir / JOB_FILE, job.model_dump(mode="json"))
     resuming = (run_dir / CHECKPOINT_FILE).is_file() and not (run_dir / RESULT_FILE).is_file()
 
@@ -147,7 +145,7 @@ def run_training_job(plan: Plan, results_dir: Path | None, data_dir: Path | None
         if cfg.runtime == "inprocess":
             run_job(run_dir, lambda kind, data: on_event({"event": kind, **data}))
         elif cfg.runtime == "local":
-            _run_local(run_dir, on_event)
+            _run_local(run_dir, on_event, device)
         elif cfg.runtime == "docker":
             mounts = [(run_dir, "rw"), (data_root, "ro")]
             if not source.is_relative_to(data_root):
@@ -157,11 +155,11 @@ def run_training_job(plan: Plan, results_dir: Path | None, data_dir: Path | None
             from harness.runtime.images import docker_client, ensure_image
 
             img = docker_client().images.get(image) if image else ensure_image(plan.spec.name)
-            _run_docker(run_dir, job, mounts, img.id, on_event)
+            _run_docker(run_dir, job, mounts, img.id, on_event, device)
         else:
             raise PfmbenchError(f"runtime '{cfg.runtime}' cannot run a training job", "use --runtime docker, local or inprocess")
     row = ResultRow.model_validate_json((run_dir / RESULT_FILE).read_text())
-    return row.model_copy(update={"runtime": cfg.runtime})
+    return row.model_copy(update={"runtime": cfg.runtime, "device": device})  # the job saw its GPU as cuda; the row names which
 
 
 def finish_run_dir(run_key: str | None, results_dir: Path | None) -> None:

@@ -1,0 +1,136 @@
+"""One device policy for every command that computes: ``auto`` | ``cpu`` | ``cuda`` | ``cuda:N``.
+
+``auto`` is CUDA (the first GPU) when there is one, else the CPU. Asking for CUDA where
+there is none is a one-line error, never a silent CPU run. The answer is resolved once,
+in the harness, and handed to whatever computes: the decoder trained here, a local
+server (``CUDA_VISIBLE_DEVICES`` = that GPU), a model container (a Docker device request
+for that GPU) and a training job. Inside a server or a job the chosen GPU is therefore
+always ``cuda`` (index 0 of what it sees). Every row records the device and its facts
+(:func:`device_facts`).
+"""
+
+from __future__ import annotations
+
+import re
+from pathlib import Path
+from typing import Any
+
+from harness.errors import ConfigError, DeviceError
+
+#: What ``--device`` accepts, for help texts and errors.
+DEVICE_HELP = "auto (CUDA when there is a GPU, else CPU) | cpu | cuda | cuda:N"
+_FORM = re.compile(r"(auto|cpu|cuda(:\d+)?)")
+
+
+def cuda_devices() -> int:
+    """How many CUDA devices this process's torch can use (0 without a GPU or with a CPU-only torch)."""
+    import torch
+
+    return torch.cuda.device_count() if torch.cuda.is_available() else 0
+
+
+def resolve_device(request: str | None = "auto") -> str:
+    """``request`` as a concrete torch device: ``cpu`` or ``cuda:N``; a one-line error when it cannot be had.
+
+    ``None`` means ``auto``. A GPU index past the last GPU and CUDA on a machine without
+    one are :class:`DeviceError`; a malformed value is a :class:`ConfigError`.
+    """
+    asked = (request or "auto").strip().lower()
+    if not _FORM.fullmatch(asked):
+        raise ConfigError(f"--device takes {DEVICE_HELP}; got {request!r}", "e.g. --device cuda:0, or --device auto")
+    if asked == "cpu":
+        return "cpu"
+    count = cuda_devices()
+    if asked == "auto":
+        return "cuda:0" if count else "cpu"
+    index = int(asked.partition(":")[2] or 0)
+    if count == 0:
+        import torch
+
+        build = f"CUDA {torch.version.cuda} build" if torch.version.cuda else "CPU-only build"
+        raise DeviceError(f"--device {asked}: torch {torch.__version__} ({build}) sees no CUDA device on this machine",
+                          "use --device cpu, or --device auto (CUDA only where there is a GPU)")
+    if index >= count:
+        raise DeviceError(f"--device {asked}: this machine has {count} CUDA device(s), cuda:0 to cuda:{count - 1}", f"use --device cuda:{count - 1} or lower")
+    return f"cuda:{index}"
+
+
+def gpu_index(device: str) -> int | None:
+    """The GPU of a resolved device (``cuda:N`` -> N), or None for the CPU."""
+    return int(device.partition(":")[2] or 0) if device.startswith("cuda") else None
+
+
+def inside_device(device: str) -> str:
+    """The device a server or job given only ``device``'s GPU sees it as: ``cuda`` (its index 0) or ``cpu``."""
+    return "cpu" if gpu_index(device) is None else "cuda"
+
+
+def visible_devices_env(device: str) -> dict[str, str]:
+    """``CUDA_VISIBLE_DEVICES`` for a local subprocess on ``device``: that GPU alone, or none (a CPU server allocates nothing on a GPU)."""
+    index = gpu_index(device)
+    return {"CUDA_VISIBLE_DEVICES": "" if index is None else str(index)}
+
+
+def docker_device_requests(device: str) -> list[Any]:
+    """The Docker device request that hands ``device``'s GPU to a container (NVIDIA container runtime); none for the CPU."""
+    index = gpu_index(device)
+    if index is None:
+        return []
+    import docker.types
+
+    return [docker.types.DeviceRequest(device_ids=[str(index)], capabilities=[["gpu"]])]
+
+
+def precision(device: str, on_gpu: str) -> str:
+    """What a row records as its precision: ``on_gpu`` (the extractor's ``bf16-autocast``, a training job's ``fp16-amp``) on a GPU, ``fp32`` on a CPU."""
+    return "fp32" if gpu_index(device) is None else on_gpu
+
+
+def compute_tag(device: str) -> str:
+    """What a GPU adds to a run key and a feature-cache key: its precision and model ("" on a CPU, so CPU keys never changed).
+
+    A GPU's bf16 numbers differ from a CPU's fp32 ones, and kernels differ between GPU
+    models: a row or a cached grid computed on one is not another's.
+    """
+    index = gpu_index(device)
+    if index is None:
+        return ""
+    import torch
+
+    return f"bf16-autocast:{torch.cuda.get_device_name(index) if index < cuda_devices() else 'gpu'}"
+
+
+def _driver_version() -> str | None:
+    """The NVIDIA driver's version, from NVML (nvidia-ml-py), else the kernel module's own file; None without one."""
+    try:
+        import pynvml
+
+        pynvml.nvmlInit()
+        try:
+            version = pynvml.nvmlSystemGetDriverVersion()
+            return version.decode() if isinstance(version, bytes) else str(version)
+        finally:
+            pynvml.nvmlShutdown()
+    except Exception:  # no driver, no library: fall through to the file
+        pass
+    try:
+        text = Path("/proc/driver/nvidia/version").read_text()
+    except OSError:
+        return None
+    found = re.search(r"Kernel Module\s+(?:for \S+\s+)?([\d.]+)", text)
+    return found.group(1) if found else None
+
+
+def device_facts(device: str) -> dict[str, str | None]:
+    """The row columns that say where a run computed: device, GPU model, driver, CUDA and torch versions."""
+    import torch
+
+    index = gpu_index(device)
+    gpu = index is not None and index < cuda_devices()
+    return {
+        "device": device,
+        "gpu_model": torch.cuda.get_device_name(index) if gpu else None,
+        "gpu_driver": _driver_version() if gpu else None,
+        "cuda_version": torch.version.cuda if gpu else None,
+        "torch_version": torch.__version__,
+    }

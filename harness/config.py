@@ -31,6 +31,10 @@ IN_JOB = tuple(s for s in STRATEGIES if s != "frozen")
 DecoderName = Literal["transunet", "linear"]
 DECODERS: tuple[str, ...] = get_args(DecoderName)
 
+#: What runs a backbone's forward: eager PyTorch (the reference), ``torch.compile``, or onnxruntime on its ONNX export.
+Engine = Literal["torch", "compile", "onnx"]
+ENGINES: tuple[str, ...] = get_args(Engine)
+
 Preset = Literal["densebench", "corrected"]
 Schedule = Literal["densebench", "cosine"]
 

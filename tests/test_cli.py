@@ -172,3 +172,24 @@ def test_bench_against_a_server_it_did_not_start(tmp_path, no_leftover_servers):
     finally:
         os.killpg(server.pid, signal.SIGTERM)
         server.wait(timeout=30)
+
+
+def test_an_engine_that_cannot_apply_is_one_line():
+    res = run("bench", "-m", "phikon", "-d", "nuclei-sample", "-s", "lora", "--engine", "onnx", "--no-progress")
+    assert res.returncode == 1 and len(res.stderr.strip().splitlines()) == 1, res.stderr
+    assert "--engine onnx runs the frozen extraction" in res.stderr
+
+
+@pytest.mark.slow
+def test_an_onnx_engine_row_has_its_own_key_and_cache_entries_and_says_so(tmp_path):
+    args = ("bench", "-m", "phikon", "-d", "nuclei-sample", "--weights", "random", "--runtime", "inprocess", "--epochs", "1",
+            "--input-size", "64", "--seed", "7", "--no-progress", "--results-dir", str(tmp_path))
+    env = {**os.environ, "PFMBENCH_FEATURES": str(tmp_path / "features"), "PFMBENCH_ONNX": str(tmp_path / "onnx")}
+    for extra in ((), ("--engine", "onnx")):
+        res = subprocess.run([sys.executable, "-m", "harness.cli", *args, *extra], capture_output=True, text=True, timeout=900, env=env)
+        assert res.returncode == 0, res.stderr
+    torch_row, onnx_row = sorted(read_rows(tmp_path), key=lambda r: r["engine"] != "torch")
+    assert (torch_row["engine"], onnx_row["engine"]) == ("torch", "onnx") and torch_row["run_key"] != onnx_row["run_key"]
+    assert "engine onnx" in res.stdout
+    assert len([d for d in (tmp_path / "features").iterdir() if (d / "meta.json").exists()]) == 6  # 3 splits each: nothing shared
+    assert abs(torch_row["mDice"] - onnx_row["mDice"]) < 0.05  # the same decoder on features within fp16 rounding

@@ -17,7 +17,7 @@ from rich.console import Console
 from rich.markup import escape
 
 from harness import constants
-from harness.config import DECODERS, PRESETS, ROI_PRESETS, TASKS
+from harness.config import DECODERS, ENGINES, PRESETS, ROI_PRESETS, TASKS
 
 out = Console()
 if not out.is_terminal:  # piped or captured: do not squeeze tables into 80 columns
@@ -34,6 +34,7 @@ DecoderChoice = _choices("DecoderChoice", DECODERS)
 PresetChoice = _choices("PresetChoice", (*PRESETS, *ROI_PRESETS))
 InferenceChoice = _choices("InferenceChoice", ("resize", "slide"))
 ExecutorChoice = _choices("ExecutorChoice", ("local", "ray"))
+EngineChoice = _choices("EngineChoice", ENGINES)
 
 
 def log(message: str) -> None:
@@ -104,5 +105,8 @@ RequestTimeoutOpt = Annotated[float, typer.Option(help="Seconds one inference re
 DeviceOpt = Annotated[str, typer.Option(help="Where models and decoders compute: auto (CUDA when there is a GPU, else CPU) | cpu | cuda | cuda:N. "
                                               "Servers and training jobs get that GPU alone. CUDA where there is none is an error, never a CPU run. "
                                               "Default: $PFMBENCH_DEVICE, else auto.")]
+EngineOpt = Annotated[EngineChoice, typer.Option(help="What runs the backbone's forward in a frozen extraction: torch (eager, the reference) | "  # type: ignore[valid-type]
+                                                     "compile (torch.compile; CUDA graphs on a GPU) | onnx (onnxruntime on the ONNX export; TensorRT/CUDA "
+                                                     "on a GPU with make setup-gpu). Not torch: a run key and feature-cache entries of its own.")]
 ProgressOpt = Annotated[bool, typer.Option(help="Show progress bars.")]
 OutJsonOpt = Annotated[Path, typer.Option("--out", help="Where to write the JSON results.")]

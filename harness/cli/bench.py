@@ -14,6 +14,7 @@ from harness.cli._common import (
     DatasetsOpt,
     DecoderChoice,
     DeviceOpt,
+    EngineOpt,
     EpochsOpt,
     InferenceChoice,
     InputSizeOpt,
@@ -72,6 +73,7 @@ def bench(
     startup_timeout: StartupTimeoutOpt = constants.STARTUP_TIMEOUT_S,
     request_timeout: RequestTimeoutOpt = constants.REQUEST_TIMEOUT_S,
     device: DeviceOpt = constants.DEVICE,
+    engine: EngineOpt = "torch",
 ) -> None:
     """Run models x datasets x strategies and append one row per run to the results store.
 
@@ -96,12 +98,14 @@ def bench(
     grid = expand_grid(task_name, models, datasets, split_list(strategy), [seed], runtime="endpoint" if endpoint else str(value(runtime)),
                        preset=value(preset), weights=weights, epochs=epochs, batch_size=batch_size, lr=lr, input_size=input_size, **seg)
     ctx = RunContext(results_dir=results_dir, data_dir=data_dir, show_progress=progress, endpoint=endpoint, feature_cache=feature_cache, notify=notify,
-                     startup_timeout_s=startup_timeout, request_timeout_s=request_timeout, device=resolve_device(device))
+                     startup_timeout_s=startup_timeout, request_timeout_s=request_timeout, device=resolve_device(device),
+                     engine=str(value(engine)))
     for i, (cfg, why) in enumerate(grid, 1):
         count = f"[{i}/{len(grid)}] " if len(grid) > 1 else ""
         what = f"{cfg.strategy}, {cfg.epochs} epochs, inference {cfg.inference}" if task_name == "segmentation" else cfg.task  # type: ignore[union-attr]
         out.print(f"[dim]{count}{cfg.model} on {cfg.dataset}: {what}, preset {cfg.preset}, weights {cfg.weights}; "
-                  f"{f'the server at {endpoint}' if endpoint else why}; device {ctx.device}[/dim]")
+                  f"{f'the server at {endpoint}' if endpoint else why}; device {ctx.device}"
+                  f"{'' if ctx.engine == 'torch' else f', engine {ctx.engine}'}[/dim]")
         row = execute(cfg, ctx, skip_finished=not rerun)
         print_row(row.model_dump())
         out.print(f"row {row.row_id} in {results_location(results_dir)} (wall {row.wall_time_s:.1f} s, transfer {row.transfer}, "

@@ -155,17 +155,18 @@ def gpu_check(
     for ViT-L at batch 64, a frozen phikon row end to end with GPU utilisation sampled, one LoRA step. A failed cell records its error."""
     import tempfile
 
-    from harness.perf.gpu_check import Plan, run_gpu_check, table_rows, write_report
+    from harness.perf.gpu_check import Plan, run_gpu_check, table_rows
     from harness.util.devices import resolve_device
 
     resolved = resolve_device(device)  # --device cuda without a GPU: the one-line device error
     plan = Plan(resolved) if resolved != "cpu" else Plan.toy()
     with tempfile.TemporaryDirectory(prefix="pfmbench-gpu-check-") as work:
-        report = run_gpu_check(plan, Path(work), log=log)
-    write_report(report, out_json)
+        report = run_gpu_check(plan, Path(work), log=log, out=out_json)  # written after every cell
     t = Table(title=f"gpu-check on {report['meta']['gpu_model'] or 'cpu (rehearsal)'} ({out_json})")
     for col in ("section", "what", "result"):
         t.add_column(col)
     for row in table_rows(report):
         t.add_row(*(escape(v) for v in row))
     out.print(t)
+    if any(c["error"] for c in report["cells"]):
+        raise typer.Exit(1)  # after the JSON and the table: the cells that ran are kept

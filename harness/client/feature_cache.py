@@ -83,15 +83,15 @@ def host_environment() -> str:
     return f"host:torch-{torch.__version__}:harness-{__version__}"
 
 
-def on_device(environment: str, device: str) -> str:
-    """``environment`` narrowed to the device that computed: a GPU's bf16 features differ from a CPU's fp32 ones.
+def on_device(environment: str, device: str, engine: str = "torch") -> str:
+    """``environment`` narrowed to how the features were computed (:func:`~harness.util.devices.compute_tag`).
 
-    CPU keys are the environment alone (as before devices were recorded); a GPU adds its
-    precision and model, since kernels differ between GPU models.
+    Eager torch on a CPU keys by the environment alone (as before devices were recorded);
+    a GPU adds its precision and model, another engine its name.
     """
     from harness.util.devices import compute_tag
 
-    tag = compute_tag(device)
+    tag = compute_tag(device, engine)
     return f"{environment}:{tag}" if tag else environment
 
 

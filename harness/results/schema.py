@@ -55,6 +55,7 @@ class ResultRow(BaseModel):
     overlap: float | None = None
     runtime: str
     transfer: str
+    engine: str | None = None  # the backbone's forward in a frozen extraction: torch | compile | onnx (schema 5; null: a server elsewhere, or older rows)
     image_digest: str | None
     config_hash: str
     config_json: str

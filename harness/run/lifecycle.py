@@ -56,7 +56,7 @@ def execute(cfg: AnyConfig, ctx: RunContext | None = None, *, write: bool = True
     if not skip_finished:  # a run that does not skip starts over: no resumed checkpoint either
         ctx = replace(ctx, fresh=True)
     ctx = replace(ctx, device=resolve_device(ctx.device))  # CUDA asked for where there is none: one line, before anything is written
-    plan = plan_run(cfg, ctx.image, ctx.device)
+    plan = plan_run(cfg, ctx.image, ctx.device, ctx.engine)
     task = task_for(cfg)
     # a sweep job (its driver stores the row under the claim) and a server of unknown image (no run key) claim nothing
     held = claim(plan.run_key, ctx.results_dir, ctx.notify) if write and plan.run_key else nullcontext()

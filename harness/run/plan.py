@@ -12,7 +12,7 @@ from dataclasses import dataclass
 
 from pydantic import ValidationError
 
-from harness.config import PRESETS, ROI_PRESETS, RoiConfig, RunConfig, run_key
+from harness.config import ENGINES, PRESETS, ROI_PRESETS, RoiConfig, RunConfig, run_key
 from harness.data.cards import DatasetCard, get_card
 from harness.errors import ConfigError, option_problem
 from harness.models.spec import ModelSpec, get_spec, resolve_blocks
@@ -35,6 +35,8 @@ class Plan:
     weights: ResolvedWeights
     image_digest: str | None
     run_key: str | None  # None when the image is unknown (a server started elsewhere)
+    device: str = "cpu"  # where the backbone computes (resolved)
+    engine: str = "torch"  # what runs its forward: torch | compile | onnx
 
 
 def resolve_config(task: str, model: str, dataset: str, runtime: str = "auto", preset: str | None = None,
@@ -117,10 +119,11 @@ def _blocks(cfg: AnyConfig, spec: ModelSpec) -> tuple[int, ...]:
     return blocks
 
 
-def plan_run(cfg: AnyConfig, image: str | None = None, device: str = "cpu") -> Plan:
+def plan_run(cfg: AnyConfig, image: str | None = None, device: str = "cpu", engine: str = "torch") -> Plan:
     """Resolve model, card, blocks, input size, weights and (docker) the image: everything the run key needs.
 
-    ``device`` (resolved: ``cpu``, ``cuda:N``) is where the run computes: a GPU run has a key of its own.
+    ``device`` (resolved: ``cpu``, ``cuda:N``) and ``engine`` say how the backbone computes:
+    a GPU run, or one through ``torch.compile`` or onnxruntime, has a key of its own.
     """
     spec = get_spec(cfg.model)
     card = get_card(cfg.dataset)
@@ -129,5 +132,10 @@ def plan_run(cfg: AnyConfig, image: str | None = None, device: str = "cpu") -> P
     size = input_size_for(cfg.input_size, card, spec)
     weights = resolve_weights(spec, cfg.weights, init_seed=cfg.init_seed)
     digest = image_digest(cfg.runtime, spec, image)
-    key = None if cfg.runtime == "endpoint" else run_key(cfg, spec.spec_hash(), card.card_hash(), weights.label, digest, compute_tag(device))
-    return Plan(cfg, spec, card, blocks, size, weights, digest, key)
+    if engine not in ENGINES:
+        raise ConfigError(f"unknown engine '{engine}'", f"use one of {', '.join(ENGINES)}")
+    if engine != "torch" and (getattr(cfg, "strategy", "frozen") != "frozen" or cfg.runtime == "endpoint"):
+        raise ConfigError(f"--engine {engine} runs the frozen extraction of a server this run starts",
+                          "drop --engine for a strategy that trains through the backbone, or for --endpoint")
+    key = None if cfg.runtime == "endpoint" else run_key(cfg, spec.spec_hash(), card.card_hash(), weights.label, digest, compute_tag(device, engine))
+    return Plan(cfg, spec, card, blocks, size, weights, digest, key, device, engine)

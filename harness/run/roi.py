@@ -121,6 +121,7 @@ def _run_roi(plan: Plan, ctx: RunContext) -> ResultRow:
         "blocks": [spec.depth - 1],
         "inference": "resize",
         "transfer": transfer,
+        "engine": None if endpoint else plan.engine,
         **metric_cols,
         "per_class_f1": report.per_class_f1,
         **{m: finite_or_none(v) for m, v in topk.items()},

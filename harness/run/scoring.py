@@ -69,7 +69,7 @@ def score_test(cfg: RunConfig, card: DatasetCard, data: dict[str, SplitArrays], 
 def make_row(cfg: RunConfig, spec: ModelSpec, card: DatasetCard, weights_label: str, blocks: tuple[int, ...], size: int,
              data: dict[str, SplitArrays], rep: SegmentationReport, best_epoch: int, best_val: float, transfer: str, digest: str | None,
              wall: float, instance_scores: dict[str, float] | None = None, trainable: int | None = None, step_s: float | None = None,
-             key: str | None = None, device: str = "cpu", precision: str | None = "fp32") -> ResultRow:
+             key: str | None = None, device: str = "cpu", precision: str | None = "fp32", engine: str | None = "torch") -> ResultRow:
     """The result row of a finished run (test report, selection, provenance)."""
     metric_cols: dict[str, float] = {}
     for m in METRICS:
@@ -96,5 +96,6 @@ def make_row(cfg: RunConfig, spec: ModelSpec, card: DatasetCard, weights_label: 
         "best_val": best_val,
         "trainable_params": trainable,
         "step_time_s": None if step_s is None or step_s != step_s else round(step_s, 6),
+        "engine": engine,
         **provenance.row_provenance(wall, device, precision),
     })

@@ -76,16 +76,17 @@ def _delivered(future: Future[tuple[np.ndarray, np.ndarray]], on_batch: Callable
     return tokens
 
 
-def feature_keys(plan: Plan, data: dict[str, SplitArrays], device: str = "cpu") -> dict[str, FeatureKey] | None:
+def feature_keys(plan: Plan, data: dict[str, SplitArrays]) -> dict[str, FeatureKey] | None:
     """The cache key of each split's features, or None where the model's environment is unknown.
 
     A server started elsewhere (``--endpoint``) may run any code on any weights, so its
-    features are never cached. Features computed on a GPU are keyed apart from a CPU's.
+    features are never cached. Features computed on a GPU, or by another engine than
+    eager torch, are keyed apart (the plan's device and engine).
     """
     cfg, spec = plan.cfg, plan.spec
     if cfg.runtime == "endpoint" or (cfg.runtime == "docker" and not plan.image_digest):
         return None
-    environment = on_device(plan.image_digest if cfg.runtime == "docker" and plan.image_digest else host_environment(), device)
+    environment = on_device(plan.image_digest if cfg.runtime == "docker" and plan.image_digest else host_environment(), plan.device, plan.engine)
     return {
         name: FeatureKey(spec.name, spec.spec_hash(), environment, plan.weights.identity, plan.card.name, plan.card.card_hash(), name,
                          pixels_hash([d.images]), plan.size, plan.blocks)
@@ -125,7 +126,7 @@ def _run_frozen(plan: Plan, data_dir: Path | None, show_progress: bool, endpoint
     data, parts = load_splits(card, size, data_dir)
     torch.manual_seed(cfg.seed)
 
-    keys = feature_keys(plan, data, device) if cache is not None else None
+    keys = feature_keys(plan, data) if cache is not None else None
     tokens = {name: cache.get(key) for name, key in keys.items()} if cache is not None and keys else {}
     missing = [name for name in data if tokens.get(name) is None]
     transfer, digest = "cache", None
@@ -172,4 +173,5 @@ def _run_frozen(plan: Plan, data_dir: Path | None, show_progress: bool, endpoint
     digest = digest or plan.image_digest
     return make_row(cfg, spec, card, plan.weights.label, blocks, size, data, report, result.best_epoch, result.best_val, transfer, digest,
                     time.perf_counter() - started, instances, trainable=trainable, key=plan.run_key,
-                    device=device, precision=None if endpoint else precision(device, "bf16-autocast"))  # a server elsewhere: unknown
+                    device=device, precision=None if endpoint else precision(device, "bf16-autocast"),  # a server elsewhere: unknown
+                    engine=None if endpoint else plan.engine)

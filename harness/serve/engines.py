@@ -10,16 +10,14 @@ input shape, so its first call per (batch, size) is slow and the warm-up absorbs
 
 from __future__ import annotations
 
-from typing import Literal, Protocol
+from typing import Protocol
 
 import numpy as np
 
+from harness.config import ENGINES
 from harness.models.builders import build_extractor
 from harness.models.spec import ModelSpec
 from harness.models.weights import ResolvedWeights
-
-Engine = Literal["torch", "compile", "onnx"]
-ENGINES: tuple[str, ...] = ("torch", "compile", "onnx")
 
 
 class Extracts(Protocol):

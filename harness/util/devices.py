@@ -86,18 +86,20 @@ def precision(device: str, on_gpu: str) -> str:
     return "fp32" if gpu_index(device) is None else on_gpu
 
 
-def compute_tag(device: str) -> str:
-    """What a GPU adds to a run key and a feature-cache key: its precision and model ("" on a CPU, so CPU keys never changed).
+def compute_tag(device: str, engine: str = "torch") -> str:
+    """What a run key and a feature-cache key add for how the backbone computed ("" for eager torch on a CPU: those keys never changed).
 
-    A GPU's bf16 numbers differ from a CPU's fp32 ones, and kernels differ between GPU
-    models: a row or a cached grid computed on one is not another's.
+    A GPU's bf16 numbers differ from a CPU's fp32 ones, kernels differ between GPU models,
+    and ``torch.compile`` or onnxruntime round differently from eager torch: a row or a
+    cached grid computed one way is not another's.
     """
+    parts = [] if engine == "torch" else [f"engine-{engine}"]
     index = gpu_index(device)
-    if index is None:
-        return ""
-    import torch
+    if index is not None:
+        import torch
 
-    return f"bf16-autocast:{torch.cuda.get_device_name(index) if index < cuda_devices() else 'gpu'}"
+        parts.append(f"bf16-autocast:{torch.cuda.get_device_name(index) if index < cuda_devices() else 'gpu'}")
+    return ":".join(parts)
 
 
 def _driver_version() -> str | None:

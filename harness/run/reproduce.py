@@ -34,10 +34,11 @@ class Reproduction:
 
 def reproduce(row_id: str, results_dir: Path | None = None, data_dir: Path | None = None, write: bool = False,
               log: Callable[[str], None] = print) -> Reproduction:
-    """Re-run a stored row. Docker rows run in the recorded image digest.
+    """Re-run a stored row. Docker rows run in the recorded image digest, and every row with its recorded engine.
 
     Features are extracted again, never read from the feature cache: a reproduction
-    recomputes everything the row's numbers came from.
+    recomputes everything the row's numbers came from. The device is this machine's
+    ``--device auto``: a GPU row reproduced on a CPU gets a CPU run key and a CPU ``device`` column.
     """
     rows = [r for r in read_rows(results_dir) if r["row_id"] == row_id]
     if not rows:
@@ -49,7 +50,8 @@ def reproduce(row_id: str, results_dir: Path | None = None, data_dir: Path | Non
     if old["runtime"] == "docker" and old["image_digest"]:
         image = _ensure_digest(old["image_digest"], old["model"], log)
     log(f"re-running {row_id}: {old['model']} on {old['dataset']}, runtime {cfg.runtime}" + (f", image {image}" if image else ""))
-    new = execute(cfg, results_dir=results_dir, data_dir=data_dir, write=write, image=image, feature_cache=False)
+    engine = old.get("engine") or "torch"  # rows before schema 5 ran eager torch
+    new = execute(cfg, results_dir=results_dir, data_dir=data_dir, write=write, image=image, feature_cache=False, engine=engine)
     return Reproduction(old, new)
 
 

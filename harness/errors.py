@@ -30,6 +30,12 @@ class PfmbenchError(Exception):
         return " ".join(text.split())
 
 
+def describe(exc: BaseException, limit: int = 300) -> str:
+    """``Type: first line of the message``, at most ``limit`` characters: how a failure is recorded where a run goes on (a sweep attempt, a perf cell)."""
+    first = str(exc).splitlines()[0] if str(exc) else ""
+    return f"{type(exc).__name__}: {first}"[:limit]
+
+
 def first_problem(exc: ValidationError) -> str:
     """One line from a pydantic ValidationError: where, what, and how many problems in all."""
     first = exc.errors()[0]

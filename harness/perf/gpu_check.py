@@ -28,6 +28,8 @@ from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any
 
+from harness.errors import describe
+
 #: The architectures the issue's targets name, by a model of the zoo that has each.
 FORWARD_MODELS = {"ViT-B/16": "phikon", "ViT-L/16": "uni", "ViT-H/14": "uni2_h", "ViT-g/14": "h_optimus_0"}
 ENGINES = ("torch", "compile")
@@ -69,7 +71,7 @@ def _cell(section: str, what: dict[str, Any], measure: Callable[[], dict[str, An
         figures = measure()
         cell = {"section": section, **what, **figures, "error": None}
     except Exception as exc:  # recorded in the cell; the other cells still run
-        cell = {"section": section, **what, "error": f"{type(exc).__name__}: {str(exc).splitlines()[0] if str(exc) else ''}",
+        cell = {"section": section, **what, "error": describe(exc),
                 "traceback": traceback.format_exc(limit=4)}
     cell["seconds"] = round(time.perf_counter() - started, 1)
     log(f"{section}: {what} -> {cell.get('error') or {k: v for k, v in cell.items() if k not in ('section', 'seconds', 'error', *what)}}")

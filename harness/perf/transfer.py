@@ -37,7 +37,7 @@ from typing import TypeVar
 
 import numpy as np
 
-from harness.errors import ConfigError
+from harness.errors import ConfigError, describe
 from harness.models.spec import get_spec
 from harness.models.weights import ResolvedWeights
 from harness.runtime import InProcessRuntime, LocalRuntime
@@ -89,17 +89,12 @@ class PerfReport:
         return [r for r in self.transfer if r.error]
 
 
-def _one_line(exc: BaseException) -> str:
-    first = str(exc).splitlines()[0] if str(exc) else ""
-    return f"{type(exc).__name__}: {first}"[:300]
-
-
 def section_or_error(measure: Callable[[], T]) -> T | dict[str, str]:
     """A whole section's result, or ``{"error": ...}``: the report is written whatever failed."""
     try:
         return measure()
     except Exception as exc:
-        return {"error": _one_line(exc)}
+        return {"error": describe(exc)}
 
 
 def open_runtime(mode: str, model: str, device: str | None) -> Runtime:
@@ -184,7 +179,7 @@ def run_perf(models: list[str], batches: list[int], sizes: list[int], modes: tup
                 try:
                     runtimes[mode] = stack.enter_context(open_runtime(mode, model, device))
                 except Exception as exc:
-                    failed_to_open[mode] = _one_line(exc)
+                    failed_to_open[mode] = describe(exc)
                     log(f"{model} {mode}: could not start: {failed_to_open[mode]}")
             for size in sizes:
                 for batch in batches:
@@ -206,7 +201,7 @@ def run_perf(models: list[str], batches: list[int], sizes: list[int], modes: tup
                                     cell.rates.append(batch * iters / (time.perf_counter() - started))
                                 cell.tokens, cell.nbytes = tokens, tokens.nbytes + cls.nbytes
                             except Exception as exc:
-                                cell.error = _one_line(exc)
+                                cell.error = describe(exc)
                     report.transfer += _cell_results(model, batch, size, cells, log)
     return report
 

@@ -129,6 +129,6 @@ def _run_roi(plan: Plan, ctx: RunContext) -> ResultRow:
         "best_val": best_val,
         "trainable_params": trainable,
         # the backbone ran on ctx.device; the head (a linear layer or kNN on a few thousand CLS vectors) on the CPU
-        **provenance.row_provenance(time.perf_counter() - started, ctx.device, None if endpoint else precision(ctx.device, "bf16-autocast")),
+        **provenance.row_provenance(time.perf_counter() - started, ctx.device, None if endpoint else precision(ctx.device)),
     })
     return row

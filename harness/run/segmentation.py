@@ -9,12 +9,10 @@ exit path. The other strategies train through the backbone in a training job
 
 from __future__ import annotations
 
-import collections
 import contextlib
 import logging
 import time
 from collections.abc import Callable, Iterable, Iterator
-from concurrent.futures import Future, ThreadPoolExecutor
 from pathlib import Path
 
 import numpy as np
@@ -31,6 +29,7 @@ from harness.runtime import Runtime, make_runtime
 from harness.train.frozen import SplitFeatures, train_frozen
 from harness.train.launch import finish_run_dir, run_training_job
 from harness.util.devices import gpu_index, precision
+from harness.util.pipeline import ahead
 from harness.util.progress import progress_bar
 
 log = logging.getLogger("pfmbench.bench")
@@ -55,25 +54,10 @@ def iter_features(runtime: Runtime, images: Iterable[np.ndarray] | np.ndarray, b
     the server computes this one); at most that many batches are held at once.
     """
     chunks = (images[i:i + batch] for i in range(0, len(images), batch)) if isinstance(images, np.ndarray) else images
-    with ThreadPoolExecutor(max(1, runtime.in_flight), thread_name_prefix="extract") as pool:
-        pending: collections.deque[Future[tuple[np.ndarray, np.ndarray]]] = collections.deque()
-        try:
-            for chunk in chunks:
-                pending.append(pool.submit(runtime.infer, chunk, blocks))
-                if len(pending) >= runtime.in_flight:
-                    yield _delivered(pending.popleft(), on_batch)
-            while pending:
-                yield _delivered(pending.popleft(), on_batch)
-        finally:  # stopped early (an error, a consumer that closed the generator): nothing more is sent
-            for future in pending:
-                future.cancel()
-
-
-def _delivered(future: Future[tuple[np.ndarray, np.ndarray]], on_batch: Callable[[int], None] | None) -> np.ndarray:
-    tokens, _ = future.result()
-    if on_batch:
-        on_batch(len(tokens))
-    return tokens
+    for tokens, _ in ahead(lambda chunk: runtime.infer(chunk, blocks), chunks, runtime.in_flight, name="extract"):
+        if on_batch:
+            on_batch(len(tokens))
+        yield tokens
 
 
 def feature_keys(plan: Plan, data: dict[str, SplitArrays]) -> dict[str, FeatureKey] | None:
@@ -173,5 +157,5 @@ def _run_frozen(plan: Plan, data_dir: Path | None, show_progress: bool, endpoint
     digest = digest or plan.image_digest
     return make_row(cfg, spec, card, plan.weights.label, blocks, size, data, report, result.best_epoch, result.best_val, transfer, digest,
                     time.perf_counter() - started, instances, trainable=trainable, key=plan.run_key,
-                    device=device, precision=None if endpoint else precision(device, "bf16-autocast"),  # a server elsewhere: unknown
+                    device=device, precision=None if endpoint else precision(device),  # a server elsewhere: unknown
                     engine=None if endpoint else plan.engine)

@@ -43,11 +43,15 @@ class ServedRuntime(Runtime):
         self.startup_timeout_s, self.request_timeout_s = startup_timeout_s, request_timeout_s
         self._transfer = transfer
         self.in_flight = max(1, in_flight)
-        self.client: FeatureClient | None = None  # the first of the pool: health checks and the transfer in use
         self._clients: list[FeatureClient] = []
         self._idle: queue.SimpleQueue[FeatureClient] = queue.SimpleQueue()
         self._pool_lock = threading.Lock()
         self._failed = False
+
+    @property
+    def client(self) -> FeatureClient | None:
+        """The first client of the pool (health checks, the transfer in use); None before start and after stop."""
+        return self._clients[0] if self._clients else None
 
     @property
     def transfer(self) -> str:
@@ -71,8 +75,7 @@ class ServedRuntime(Runtime):
 
     def _connect(self, url: str, token: str | None, http_url: str | None = None) -> None:
         self.url, self.token, self._http_url = url, token, http_url  # other processes may share this server (pfmbench sweep)
-        self.client = self._new_client()
-        self._idle.put(self.client)
+        self._idle.put(self._new_client())
 
     @property
     def connections(self) -> int:
@@ -150,7 +153,7 @@ class ServedRuntime(Runtime):
             self._idle.put(client)
 
     def _close_client(self) -> None:
-        clients, self._clients, self.client, self._idle = self._clients, [], None, queue.SimpleQueue()
+        clients, self._clients, self._idle = self._clients, [], queue.SimpleQueue()
         for client in clients:
             try:
                 client.close()

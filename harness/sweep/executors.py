@@ -48,8 +48,9 @@ class Attempt:
 
 def failed_attempt(exc: BaseException, wall_s: float = 0.0) -> Attempt:
     """A failed attempt from an exception in the driver (a server that would not start, a lost Ray worker): its first line."""
-    first = str(exc).splitlines()[0] if str(exc) else ""
-    return Attempt(False, None, f"{type(exc).__name__}: {first}"[:300], wall_s)
+    from harness.errors import describe
+
+    return Attempt(False, None, describe(exc), wall_s)
 
 
 def job_command(job: Job, results_dir: Path, data_dir: Path | None, endpoint: str | None = None) -> list[str]:

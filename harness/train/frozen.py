@@ -11,10 +11,8 @@ from __future__ import annotations
 
 import copy
 import math
-from collections.abc import Callable, Iterable, Iterator
-from concurrent.futures import Future, ThreadPoolExecutor
+from collections.abc import Callable
 from dataclasses import dataclass
-from typing import TypeVar
 
 import numpy as np
 import torch
@@ -23,6 +21,7 @@ import torch.nn.functional as F
 from harness.adapt.decoders import build_decoder
 from harness.config import RunConfig
 from harness.metrics.segmentation import SegmentationReport, evaluate, per_image_confusion, scores
+from harness.util.pipeline import ahead
 
 
 def dice_loss(logits: torch.Tensor, target: torch.Tensor, ignore_index: int = 255, smooth: float = 1e-5) -> torch.Tensor:
@@ -104,25 +103,9 @@ def as_tensor(a: np.ndarray) -> torch.Tensor:
     return torch.from_numpy(a if a.flags.writeable else np.array(a))
 
 
-T = TypeVar("T")
-Item = TypeVar("Item")
-
-
-def prefetched(load: Callable[[Item], T], items: Iterable[Item]) -> Iterator[T]:
-    """``load(item)`` for each item in order, the next one loading on a worker thread while the caller uses this one.
-
-    Reading a batch of the feature cache (a gather from a memory map: disk, then a copy)
-    and pinning it overlap the decoder's step on the device instead of preceding it.
-    """
-    with ThreadPoolExecutor(1, thread_name_prefix="prefetch") as pool:
-        pending: Future[T] | None = None
-        for item in items:
-            upcoming = pool.submit(load, item)
-            if pending is not None:
-                yield pending.result()
-            pending = upcoming
-        if pending is not None:
-            yield pending.result()
+#: Batches of the feature cache read ahead: the next one is gathered from the memory map (disk, then a copy) and
+#: pinned while the device runs this one.
+PREFETCH_DEPTH = 2
 
 
 def host_tensor(a: np.ndarray, device: torch.device) -> torch.Tensor:
@@ -140,7 +123,7 @@ def _predict(decoder: torch.nn.Module, tokens: np.ndarray, batch_size: int, devi
     out = []
     starts = range(0, len(tokens), batch_size)
     with torch.inference_mode():
-        for batch in prefetched(lambda i: host_tensor(tokens[i:i + batch_size], device), starts):
+        for batch in ahead(lambda i: host_tensor(tokens[i:i + batch_size], device), starts, PREFETCH_DEPTH, name="prefetch"):
             out.append(decoder(on_device(batch, device)).argmax(1).to(torch.uint8).cpu().numpy())
     return np.concatenate(out)
 
@@ -169,8 +152,8 @@ def train_frozen(
         lr = set_epoch_lr(opt, epoch, cfg)
         decoder.train()
         losses = []
-        batches = prefetched(lambda idx: (host_tensor(train.tokens[idx], dev), host_tensor(train.masks[idx], dev)),
-                             epoch_batches(len(train.tokens), cfg.batch_size, gen))
+        batches = ahead(lambda idx: (host_tensor(train.tokens[idx], dev), host_tensor(train.masks[idx], dev)),
+                        epoch_batches(len(train.tokens), cfg.batch_size, gen), PREFETCH_DEPTH, name="prefetch")
         for tokens, masks in batches:
             logits = decoder(on_device(tokens, dev))
             loss = dice_loss(logits, on_device(masks, dev).long(), ignore_index)

@@ -19,6 +19,8 @@ from harness.errors import ConfigError, DeviceError
 
 #: What ``--device`` accepts, for help texts and errors.
 DEVICE_HELP = "auto (CUDA when there is a GPU, else CPU) | cpu | cuda | cuda:N"
+#: How an extractor computes on a GPU (``TokenExtractor.extract``: bf16 autocast); fp32 on a CPU.
+EXTRACT_ON_GPU = "bf16-autocast"
 _FORM = re.compile(r"(auto|cpu|cuda(:\d+)?)")
 
 
@@ -81,8 +83,8 @@ def docker_device_requests(device: str) -> list[Any]:
     return [docker.types.DeviceRequest(device_ids=[str(index)], capabilities=[["gpu"]])]
 
 
-def precision(device: str, on_gpu: str) -> str:
-    """What a row records as its precision: ``on_gpu`` (the extractor's ``bf16-autocast``, a training job's ``fp16-amp``) on a GPU, ``fp32`` on a CPU."""
+def precision(device: str, on_gpu: str = EXTRACT_ON_GPU) -> str:
+    """What a row records as its precision: ``on_gpu`` (the extractor's, by default; a training job's ``fp16-amp``) on a GPU, ``fp32`` on a CPU."""
     return "fp32" if gpu_index(device) is None else on_gpu
 
 
@@ -98,7 +100,7 @@ def compute_tag(device: str, engine: str = "torch") -> str:
     if index is not None:
         import torch
 
-        parts.append(f"bf16-autocast:{torch.cuda.get_device_name(index) if index < cuda_devices() else 'gpu'}")
+        parts.append(f"{EXTRACT_ON_GPU}:{torch.cuda.get_device_name(index) if index < cuda_devices() else 'gpu'}")
     return ":".join(parts)
 
 

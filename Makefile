@@ -28,7 +28,7 @@ FAST    := not slow and not docker and not ray and not gpu
 help:
 	@echo "make setup                      create $(VENV) from requirements.lock"
 	@echo "make setup-gpu                  on a GPU machine: add the GPU set (requirements-gpu.lock: onnxruntime-gpu)"
-	@echo "make bench MODEL=.. DATASET=..  leaderboard rows [STRATEGY=frozen,lora,... WEIGHTS=random|hub|<dir> RUNTIME=auto|docker|local|inprocess DEVICE=auto|cpu|cuda:N ENGINE=torch|compile|onnx EPOCHS SEED PRESET]; lists are comma-separated"
+	@echo "make bench MODEL=.. DATASET=..  leaderboard rows [STRATEGY=frozen,lora,... WEIGHTS=random|hub|<dir> RUNTIME=auto|docker|local|inprocess DEVICE=auto|cpu|cuda:N ENGINE=auto|torch|compile|onnx EPOCHS SEED PRESET]; lists are comma-separated"
 	@echo "make bench ... TASK=roi-linear|roi-knn  GPFM's ROI tasks on an ROI card (DATASET=roi-sample; docs/gpfm.md)"
 	@echo "make distill [OUT=runs/distill DISTILL_ARGS=..]  distil served phikon + uni into a tiny student (resumable; docs/gpfm.md)"
 	@echo "make sweep GRID=grid.yaml [EXECUTOR=ray]  a grid of runs (docs/sweeps.md)"

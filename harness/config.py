@@ -53,6 +53,16 @@ PRESETS: dict[str, dict[str, object]] = {
     },
 }
 
+#: The autocast dtype of a preset's frozen extraction on a GPU: the reference's fp16 for ``densebench``;
+#: bf16 elsewhere (fp32's range: no overflow). Not a config field: a CPU computes in fp32 whatever
+#: the preset, so it enters a run key only through a GPU run's compute tag (:func:`harness.util.devices.compute_tag`).
+PRESET_EXTRACT_DTYPE: dict[str, str] = {"densebench": "fp16", "corrected": "bf16", "gpfm": "bf16"}
+
+
+def extract_dtype(preset: str) -> str:
+    """The autocast dtype of ``preset``'s frozen extraction on a GPU."""
+    return PRESET_EXTRACT_DTYPE.get(preset, "bf16")
+
 
 class _RunBase(BaseModel):
     """What every task's configuration has: the model, the data, the weights, the seeds, and its hash."""

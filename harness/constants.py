@@ -47,6 +47,9 @@ REGISTRY = os.environ.get("PFMBENCH_REGISTRY", "ghcr.io/pfmbench")
 #: A Docker CLI with BuildKit, if not the one on PATH.
 DOCKER_CLI = os.environ.get("PFMBENCH_DOCKER_CLI")
 
+#: Measured eager and compiled forward rates per GPU model, which ``--engine auto`` reads (``make gpu-check`` writes them).
+ENGINE_STORE = Path(os.environ.get("PFMBENCH_ENGINES") or CACHE_DIR / "engines.json")
+
 #: Where exported ONNX graphs are kept.
 ONNX_DIR = Path(os.environ.get("PFMBENCH_ONNX") or CACHE_DIR / "onnx")
 

@@ -53,8 +53,12 @@ def test_the_server_container_of_a_gpu_run_requests_that_gpu_and_serves_on_cuda(
     args = server_container(get_spec("phikon"), ResolvedWeights.random(0), "cuda:2", "pfmbench-test", "token")
     assert [r["DeviceIDs"] for r in args["device_requests"]] == [["2"]]
     assert args["command"][args["command"].index("--device") + 1] == "cuda"
-    cpu = server_container(get_spec("phikon"), ResolvedWeights.random(0), "cpu", "pfmbench-test", "token")
+    assert args["command"][args["command"].index("--dtype") + 1] == "bf16"
+    fp16 = server_container(get_spec("phikon"), ResolvedWeights.random(0), "cuda:0", "pfmbench-test", "token", dtype="fp16")
+    assert fp16["command"][fp16["command"].index("--dtype") + 1] == "fp16"
+    cpu = server_container(get_spec("phikon"), ResolvedWeights.random(0), "cpu", "pfmbench-test", "token", dtype="fp16")
     assert cpu["device_requests"] == [] and cpu["command"][cpu["command"].index("--device") + 1] == "cpu"
+    assert "--dtype" not in cpu["command"]  # a CPU computes in fp32 (and an older image's server knows no --dtype)
     assert all(host == "127.0.0.1" for host, _ in cpu["ports"].values())
 
 
@@ -128,3 +132,68 @@ def test_a_gpu_run_has_a_run_key_of_its_own_and_a_cpu_runs_key_is_unchanged():
     cpu = plan_run(cfg, device="cpu").run_key
     assert plan_run(cfg).run_key == cpu
     assert plan_run(cfg, device="cuda:0").run_key not in (None, cpu)
+
+
+def test_densebench_extracts_in_fp16_on_a_gpu_as_the_reference_and_corrected_in_bf16():
+    from harness.run.plan import plan_run, resolve_config
+
+    plans = {}
+    for preset in ("densebench", "corrected"):
+        cfg, _ = resolve_config("segmentation", "phikon", "nuclei-sample", runtime="local", preset=preset, weights="random", epochs=2)
+        plans[preset] = (plan_run(cfg, device="cpu"), plan_run(cfg, device="cuda:0"))
+    assert plans["densebench"][1].dtype == "fp16" and plans["corrected"][1].dtype == "bf16"
+    # the dtype is in a GPU run's compute tag; a CPU run's key is the one it always had
+    from harness.client.feature_cache import host_environment, on_device
+    from harness.util.devices import compute_tag
+
+    assert compute_tag("cpu", dtype="fp16") == "" and compute_tag("cuda:0", dtype="fp16").startswith("fp16-autocast:")
+    assert on_device(host_environment(), "cuda:0", dtype="fp16") != on_device(host_environment(), "cuda:0", dtype="bf16")
+    with pytest.raises(ValueError, match="one of bf16, fp16"):
+        compute_tag("cuda:0", dtype="fp8")
+
+
+def test_the_server_argument_sets_the_extractors_autocast_dtype():
+    from harness.serve.engines import build_engine
+
+    spec, weights = get_spec("phikon"), ResolvedWeights.random(0)
+    assert build_engine(spec, weights, "cpu", dtype="fp16").autocast_dtype == torch.float16  # type: ignore[attr-defined]
+    assert build_engine(spec, weights, "cpu").autocast_dtype == torch.bfloat16  # type: ignore[attr-defined]
+    out = subprocess.run([sys.executable, "-m", "harness.serve", "--model", "phikon", "--dtype", "fp8"], capture_output=True, text=True, timeout=120)
+    assert out.returncode == 2 and "invalid choice: 'fp8'" in out.stderr
+
+
+def test_a_gpu_batch_grows_with_free_memory_and_stays_within_the_servers_largest():
+    from harness.serve import protocol
+    from harness.util.devices import CPU_EXTRACT_BATCH, batch_for_memory, extraction_batch
+
+    uni, giant = get_spec("uni"), get_spec("h_optimus_0")  # ViT-L/16, ViT-g/14
+    gib = 1 << 30
+    assert extraction_batch("cpu", uni, 224, 1, protocol.MAX_BATCH) == CPU_EXTRACT_BATCH
+    sizes = [batch_for_memory(int(free * gib), uni, 224, 1, protocol.MAX_BATCH) for free in (0.5, 1, 4, 139)]
+    assert sizes == sorted(sizes) and sizes[0] == CPU_EXTRACT_BATCH and sizes[-1] == protocol.MAX_BATCH
+    # a wider model with more taps gets fewer images out of the same memory
+    assert batch_for_memory(8 * gib, giant, 224, 4, 256) < batch_for_memory(8 * gib, uni, 224, 1, 256)
+    assert all(b & (b - 1) == 0 for b in sizes)  # powers of two: shapes torch.compile and TensorRT see again
+
+
+def test_auto_engine_is_compile_only_where_it_measured_faster_on_that_gpu(tmp_path, monkeypatch):
+    from harness.perf import engine_choice
+    from harness.run.plan import resolve_config
+
+    store = tmp_path / "engines.json"
+    frozen, _ = resolve_config("segmentation", "uni", "nuclei-sample", runtime="local", weights="random", epochs=1)
+    lora, _ = resolve_config("segmentation", "uni", "nuclei-sample", runtime="local", weights="random", epochs=1, strategy="lora")
+    assert engine_choice.choose_engine("onnx", frozen, "cpu", store)[0] == "onnx"  # asked for: as it is
+    assert engine_choice.choose_engine("auto", frozen, "cpu", store)[0] == "torch"
+    monkeypatch.setattr(torch.cuda, "get_device_name", lambda index=0: "NVIDIA H200")  # a GPU's name is all the choice reads of it
+    engine, why = engine_choice.choose_engine("auto", frozen, "cuda:0", store)
+    assert engine == "torch" and "never measured on NVIDIA H200" in why
+    engine_choice.record("NVIDIA H200", "uni", "torch", 1000.0, store)
+    engine_choice.record("NVIDIA H200", "uni", "compile", 1030.0, store)
+    assert engine_choice.choose_engine("auto", frozen, "cuda:0", store)[0] == "torch"  # 3% is noise
+    engine_choice.record("NVIDIA H200", "uni", "compile", 1400.0, store)
+    engine, why = engine_choice.choose_engine("auto", frozen, "cuda:0", store)
+    assert engine == "compile" and "1.40x" in why
+    assert engine_choice.choose_engine("auto", lora, "cuda:0", store)[0] == "torch"  # trains through the backbone: not a served extraction
+    monkeypatch.setattr(torch.cuda, "get_device_name", lambda index=0: "NVIDIA A100-SXM4-80GB")
+    assert engine_choice.choose_engine("auto", frozen, "cuda:0", store)[0] == "torch"  # measured on another GPU model

@@ -26,6 +26,7 @@ from harness.results.store import read_rows
 from harness.runtime import docker_available
 from harness.runtime.docker import DockerRuntime
 from harness.runtime.images import BASE_TAG, image_identity, local_tag
+from harness.runtime.owners import owner_labels
 
 from conftest import free_port
 
@@ -318,3 +319,15 @@ def test_a_gpu_run_creates_its_server_container_with_a_request_for_that_gpu(clie
         assert {b[0]["HostIp"] for b in host["PortBindings"].values()} == {"127.0.0.1"}
     finally:
         container.remove(force=True)
+
+
+def test_the_image_carries_the_gpu_set_and_still_runs_onnx_on_a_cpu(client, no_leftover_containers):
+    """onnxruntime-gpu (requirements-gpu.lock) replaced the CPU wheel in the image: CUDA and TensorRT providers listed, the CPU one kept."""
+    code = ("import importlib.metadata as m, onnxruntime as o, torch; "
+            "print(m.version('onnxruntime-gpu'), 'onnxruntime' in {d.metadata['Name'] for d in m.distributions()}, "
+            "','.join(o.get_available_providers()), torch.version.cuda)")
+    out = client.containers.run(client.images.get(local_tag("phikon")).id, ["python", "-c", code], remove=True, labels=owner_labels()).decode().split()
+    gpu_lock = (Path(__file__).resolve().parent.parent / "requirements-gpu.lock").read_text()
+    assert f"onnxruntime-gpu=={out[0]}" in gpu_lock and out[1] == "False"  # the locked GPU wheel, and no CPU wheel beside it
+    assert {"TensorrtExecutionProvider", "CUDAExecutionProvider", "CPUExecutionProvider"} <= set(out[2].split(","))
+    assert out[3] != "None"  # torch in the image is a CUDA build

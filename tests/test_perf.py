@@ -94,3 +94,27 @@ def test_an_unknown_mode_is_a_one_line_error():
     assert res.returncode == 1
     assert "stream" not in res.stdout  # refused before any measurement
     assert "unknown perf mode 'carrier-pigeon'" in res.stderr and len(res.stderr.strip().splitlines()) == 1, res.stderr
+
+
+@pytest.mark.slow
+def test_the_fp16_graph_a_gpu_runs_matches_eager_torch_within_half_precision(tmp_path):
+    """The CUDA provider's graph, run here by the CPU provider: weights in fp16, the same features within fp16 rounding."""
+    import onnx
+
+    from harness.models.builders import build_extractor
+    from harness.models.spec import get_spec
+    from harness.models.weights import ResolvedWeights
+    from harness.serve.onnx import OnnxExtractor
+
+    spec, weights = get_spec("lunit_vits8"), ResolvedWeights.random(0)
+    extractor = build_extractor(spec, weights).eval()
+    images = np.random.default_rng(0).integers(0, 256, (2, 64, 64, 3), dtype=np.uint8)
+    want, _ = extractor.extract(images)
+    half = OnnxExtractor(extractor, weights, "cpu", directory=tmp_path, fp16=True)
+    got, _ = half.extract(images)
+    (graph,) = tmp_path.glob("*/fp16/model.onnx")
+    initializers = onnx.load(str(graph), load_external_data=False).graph.initializer
+    assert {onnx.TensorProto.DataType.Name(t.data_type) for t in initializers if t.dims and np.prod(t.dims) > 1000} == {"FLOAT16"}
+    diff = float(np.abs(got.astype(np.float32) - want.astype(np.float32)).max())
+    assert got.dtype == np.float16 and got.shape == want.shape and 0 < diff <= 0.05 * float(np.abs(want).max()), diff
+    assert OnnxExtractor(extractor, weights, "cpu", directory=tmp_path).fp16 is False  # a CPU runs the fp32 graph

@@ -146,7 +146,7 @@ def test_a_killed_job_and_a_killed_server_are_retried_and_complete(tmp_path, no_
     ex = LocalExecutor(tmp_path / "res", None)
 
     def server_while_features_flow() -> int | None:
-        server = ex.servers.get("phikon")
+        server = ex.servers.get(("phikon", None, "fp16"))  # no GPU here: the one server of the model
         return server.proc.pid if server is not None and server.proc is not None and _features_flowing() else None  # type: ignore[attr-defined]
 
     killer = _kill_once(server_while_features_flow, tmp_path, stop, after_s=0.0)
@@ -330,3 +330,23 @@ def test_local_jobs_are_placed_one_per_gpu_and_a_finished_job_frees_its_gpu(tmp_
     assert set(seen.values()) == {"5", "7"} and len(seen) == 3
     assert most_at_once <= 2 and sorted(ex.free_gpus) == [5, 7]  # every GPU came back
     assert {a.row.device for _, a in attempts if a.row} == {"cpu"}  # no GPU 5 or 7 here: --device auto found none
+
+
+@pytest.mark.slow
+def test_frozen_jobs_on_two_gpus_get_one_shared_server_per_gpu_started_on_that_gpu(tmp_path, no_leftover_servers):
+    """GPUs 5 and 7 (ids only): each job's shared server is started for its GPU; here that start is the one-line device error."""
+    spec = SweepSpec(models=["phikon"], datasets=["nuclei-sample"], strategies=["frozen"], seeds=[1, 2], runtime="local", overrides=TINY)
+    ex = LocalExecutor(tmp_path / "res", None, gpus=[5, 7])
+    attempts = []
+    try:
+        for job in expand(spec):
+            ex.submit(job)
+        while len(attempts) < 2:
+            attempts += ex.wait(0.2)
+        assert set(ex.servers) == {("phikon", 5, "fp16"), ("phikon", 7, "fp16")} and ex.server_starts == 0  # two tried, none came up
+        assert all(s.device in ("cuda:5", "cuda:7") for s in ex.servers.values())  # type: ignore[attr-defined]
+    finally:
+        ex.close()
+    # the servers asked for CUDA on a machine without it: each failed with the device error, never a silent CPU server
+    assert all(not a.ok and "sees no CUDA device" in a.reason for _, a in attempts), [a.reason for _, a in attempts]
+    assert sorted(ex.free_gpus) == [5, 7] and not ex.servers  # both GPUs came back; no server left

@@ -34,7 +34,7 @@ DecoderChoice = _choices("DecoderChoice", DECODERS)
 PresetChoice = _choices("PresetChoice", (*PRESETS, *ROI_PRESETS))
 InferenceChoice = _choices("InferenceChoice", ("resize", "slide"))
 ExecutorChoice = _choices("ExecutorChoice", ("local", "ray"))
-EngineChoice = _choices("EngineChoice", ENGINES)
+EngineChoice = _choices("EngineChoice", ("auto", *ENGINES))
 
 
 def log(message: str) -> None:
@@ -105,7 +105,8 @@ RequestTimeoutOpt = Annotated[float, typer.Option(help="Seconds one inference re
 DeviceOpt = Annotated[str, typer.Option(help="Where models and decoders compute: auto (CUDA when there is a GPU, else CPU) | cpu | cuda | cuda:N. "
                                               "Servers and training jobs get that GPU alone. CUDA where there is none is an error, never a CPU run. "
                                               "Default: $PFMBENCH_DEVICE, else auto.")]
-EngineOpt = Annotated[EngineChoice, typer.Option(help="What runs the backbone's forward in a frozen extraction: torch (eager, the reference) | "  # type: ignore[valid-type]
+EngineOpt = Annotated[EngineChoice, typer.Option(help="What runs the backbone's forward in a frozen extraction: auto (compile on a GPU where "  # type: ignore[valid-type]
+                                                     "make gpu-check measured it 5% faster than eager for that model, else torch; the default) | torch (eager, the reference) | "
                                                      "compile (torch.compile; CUDA graphs on a GPU) | onnx (onnxruntime on the ONNX export; TensorRT/CUDA "
                                                      "on a GPU with make setup-gpu). Not torch: a run key and feature-cache entries of its own.")]
 ProgressOpt = Annotated[bool, typer.Option(help="Show progress bars.")]

@@ -73,7 +73,7 @@ def bench(
     startup_timeout: StartupTimeoutOpt = constants.STARTUP_TIMEOUT_S,
     request_timeout: RequestTimeoutOpt = constants.REQUEST_TIMEOUT_S,
     device: DeviceOpt = constants.DEVICE,
-    engine: EngineOpt = "torch",
+    engine: EngineOpt = "auto",
 ) -> None:
     """Run models x datasets x strategies and append one row per run to the results store.
 
@@ -81,7 +81,10 @@ def bench(
     digest). A run that already has a row is skipped; an interrupted training job resumes
     from its last checkpoint when the same command runs again.
     """
+    from dataclasses import replace
+
     from harness.errors import ConfigError
+    from harness.perf.engine_choice import choose_engine
     from harness.run.lifecycle import RunContext, execute
     from harness.run.plan import expand_grid
     from harness.util.devices import resolve_device
@@ -102,11 +105,12 @@ def bench(
                      engine=str(value(engine)))
     for i, (cfg, why) in enumerate(grid, 1):
         count = f"[{i}/{len(grid)}] " if len(grid) > 1 else ""
+        chosen, engine_why = choose_engine(ctx.engine, cfg, ctx.device)
         what = f"{cfg.strategy}, {cfg.epochs} epochs, inference {cfg.inference}" if task_name == "segmentation" else cfg.task  # type: ignore[union-attr]
         out.print(f"[dim]{count}{cfg.model} on {cfg.dataset}: {what}, preset {cfg.preset}, weights {cfg.weights}; "
                   f"{f'the server at {endpoint}' if endpoint else why}; device {ctx.device}"
-                  f"{'' if ctx.engine == 'torch' else f', engine {ctx.engine}'}[/dim]")
-        row = execute(cfg, ctx, skip_finished=not rerun)
+                  f"{'' if chosen == 'torch' and ctx.device == 'cpu' else f'; {engine_why}'}[/dim]")
+        row = execute(cfg, replace(ctx, engine=chosen), skip_finished=not rerun)
         print_row(row.model_dump())
         out.print(f"row {row.row_id} in {results_location(results_dir)} (wall {row.wall_time_s:.1f} s, transfer {row.transfer}, "
                   f"trainable {row.trainable_params or 0:,} params)")

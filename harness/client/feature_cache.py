@@ -83,15 +83,15 @@ def host_environment() -> str:
     return f"host:torch-{torch.__version__}:harness-{__version__}"
 
 
-def on_device(environment: str, device: str, engine: str = "torch") -> str:
+def on_device(environment: str, device: str, engine: str = "torch", dtype: str = "bf16") -> str:
     """``environment`` narrowed to how the features were computed (:func:`~harness.util.devices.compute_tag`).
 
     Eager torch on a CPU keys by the environment alone (as before devices were recorded);
-    a GPU adds its precision and model, another engine its name.
+    a GPU adds its autocast dtype and model, another engine its name.
     """
     from harness.util.devices import compute_tag
 
-    tag = compute_tag(device, engine)
+    tag = compute_tag(device, engine, dtype)
     return f"{environment}:{tag}" if tag else environment
 
 

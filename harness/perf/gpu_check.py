@@ -29,6 +29,7 @@ from pathlib import Path
 from typing import Any
 
 from harness.errors import describe
+from harness.util.devices import gpu_index
 
 #: The architectures the issue's targets name, by a model of the zoo that has each.
 FORWARD_MODELS = {"ViT-B/16": "phikon", "ViT-L/16": "uni", "ViT-H/14": "uni2_h", "ViT-g/14": "h_optimus_0"}
@@ -135,6 +136,12 @@ def _forward(plan: Plan, model: str, engine: str) -> dict[str, Any]:
 
     r = measure(model, plan.device, plan.forward_batch, plan.size, plan.forward_iters, peak_tflops(plan.device), engine=engine)
     _free_gpu()
+    if (index := gpu_index(plan.device)) is not None:  # what --engine auto reads: compile where it measured faster on this GPU model
+        import torch
+
+        from harness.perf.engine_choice import record
+
+        record(torch.cuda.get_device_name(index), model, engine, r.images_per_s)
     return {"images_per_s": round(r.images_per_s, 1), "ms_per_batch": round(r.ms_per_batch, 2), "tflops": round(r.tflops, 1),
             "mfu": None if r.mfu is None else round(r.mfu, 4)}
 

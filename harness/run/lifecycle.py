@@ -17,6 +17,7 @@ from harness import constants
 from harness.client.regions import remove_orphan_regions
 from harness.errors import ConfigError
 from harness.models.weights import licence_notice
+from harness.perf.engine_choice import choose_engine
 from harness.results.claims import claim
 from harness.results.schema import ResultRow
 from harness.results.store import find_run, rows_dir, write_row
@@ -56,6 +57,7 @@ def execute(cfg: AnyConfig, ctx: RunContext | None = None, *, write: bool = True
     if not skip_finished:  # a run that does not skip starts over: no resumed checkpoint either
         ctx = replace(ctx, fresh=True)
     ctx = replace(ctx, device=resolve_device(ctx.device))  # CUDA asked for where there is none: one line, before anything is written
+    ctx = replace(ctx, engine=choose_engine(ctx.engine, cfg, ctx.device)[0])  # auto: compile where it measured faster, else torch
     plan = plan_run(cfg, ctx.image, ctx.device, ctx.engine)
     task = task_for(cfg)
     # a sweep job (its driver stores the row under the claim) and a server of unknown image (no run key) claim nothing

@@ -12,7 +12,7 @@ from dataclasses import dataclass
 
 from pydantic import ValidationError
 
-from harness.config import ENGINES, PRESETS, ROI_PRESETS, RoiConfig, RunConfig, run_key
+from harness.config import ENGINES, PRESETS, ROI_PRESETS, RoiConfig, RunConfig, extract_dtype, run_key
 from harness.data.cards import DatasetCard, get_card
 from harness.errors import ConfigError, option_problem
 from harness.models.spec import ModelSpec, get_spec, resolve_blocks
@@ -37,6 +37,7 @@ class Plan:
     run_key: str | None  # None when the image is unknown (a server started elsewhere)
     device: str = "cpu"  # where the backbone computes (resolved)
     engine: str = "torch"  # what runs its forward: torch | compile | onnx
+    dtype: str = "bf16"  # its autocast dtype on a GPU (the preset's: fp16 for densebench); a CPU computes in fp32
 
 
 def resolve_config(task: str, model: str, dataset: str, runtime: str = "auto", preset: str | None = None,
@@ -137,5 +138,6 @@ def plan_run(cfg: AnyConfig, image: str | None = None, device: str = "cpu", engi
     if engine != "torch" and (getattr(cfg, "strategy", "frozen") != "frozen" or cfg.runtime == "endpoint"):
         raise ConfigError(f"--engine {engine} runs the frozen extraction of a server this run starts",
                           "drop --engine for a strategy that trains through the backbone, or for --endpoint")
-    key = None if cfg.runtime == "endpoint" else run_key(cfg, spec.spec_hash(), card.card_hash(), weights.label, digest, compute_tag(device, engine))
-    return Plan(cfg, spec, card, blocks, size, weights, digest, key, device, engine)
+    dtype = extract_dtype(cfg.preset)
+    key = None if cfg.runtime == "endpoint" else run_key(cfg, spec.spec_hash(), card.card_hash(), weights.label, digest, compute_tag(device, engine, dtype))
+    return Plan(cfg, spec, card, blocks, size, weights, digest, key, device, engine, dtype)

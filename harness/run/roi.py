@@ -28,7 +28,7 @@ from harness.roi.heads import ProbeRecipe, knn_retrieval, train_linear_probe
 from harness.run.plan import Plan
 from harness.run.task import RunContext
 from harness.runtime import Runtime, make_runtime
-from harness.util.devices import precision
+from harness.util.devices import autocast, precision
 from harness.util.progress import progress_bar
 
 BATCH = 16
@@ -87,7 +87,7 @@ def _run_roi(plan: Plan, ctx: RunContext) -> ResultRow:
     weights = plan.weights
     parts = split(card, discover(card, dataset_root(card, data_dir)))
     labels = {name: roi_labels(card, parts[name]) for name in SPLITS}
-    with make_runtime(cfg.runtime, spec, weights, endpoint=endpoint, **ctx.runtime_options()) as runtime, progress_bar(show_progress) as bar:
+    with make_runtime(cfg.runtime, spec, weights, endpoint=endpoint, **ctx.runtime_options(plan.dtype)) as runtime, progress_bar(show_progress) as bar:
         task = bar.add_task(f"CLS embeddings {spec.name} ({runtime.name})", total=sum(len(p) for p in parts.values()), info=f"{size}px")
         feats = {name: embed(runtime, spec, iter_roi_images(card, parts[name], size), lambda n: bar.advance(task, n)) for name in SPLITS}
         transfer, digest = runtime.transfer, runtime.image_digest or digest
@@ -129,6 +129,6 @@ def _run_roi(plan: Plan, ctx: RunContext) -> ResultRow:
         "best_val": best_val,
         "trainable_params": trainable,
         # the backbone ran on ctx.device; the head (a linear layer or kNN on a few thousand CLS vectors) on the CPU
-        **provenance.row_provenance(time.perf_counter() - started, ctx.device, None if endpoint else precision(ctx.device)),
+        **provenance.row_provenance(time.perf_counter() - started, ctx.device, None if endpoint else precision(ctx.device, autocast(plan.dtype))),
     })
     return row

@@ -26,25 +26,16 @@ from harness.run.plan import Plan
 from harness.run.scoring import load_splits, make_row, score_test
 from harness.run.task import RunContext
 from harness.runtime import Runtime, make_runtime
+from harness.serve import protocol
 from harness.train.frozen import SplitFeatures, train_frozen
 from harness.train.launch import finish_run_dir, run_training_job
-from harness.util.devices import gpu_index, precision
+from harness.util.devices import CPU_EXTRACT_BATCH, autocast, extraction_batch, precision
 from harness.util.pipeline import ahead
 from harness.util.progress import progress_bar
 
 log = logging.getLogger("pfmbench.bench")
 
-EXTRACT_BATCH = 8
-#: Images per extraction request when the server has a GPU: the server's largest batch (protocol.MAX_BATCH).
-GPU_EXTRACT_BATCH = 64
-
-
-def extract_batch(device: str) -> int:
-    """Images per extraction request: enough to fill a GPU, few on a CPU (where a larger batch only adds latency)."""
-    return EXTRACT_BATCH if gpu_index(device) is None else GPU_EXTRACT_BATCH
-
-
-def iter_features(runtime: Runtime, images: Iterable[np.ndarray] | np.ndarray, blocks: tuple[int, ...], batch: int = EXTRACT_BATCH,
+def iter_features(runtime: Runtime, images: Iterable[np.ndarray] | np.ndarray, blocks: tuple[int, ...], batch: int = CPU_EXTRACT_BATCH,
                   on_batch: Callable[[int], None] | None = None) -> Iterator[np.ndarray]:
     """Token grids through ``runtime``, in order, one batch at a time (fp16 ``[b, L, h, w, D]``).
 
@@ -65,12 +56,12 @@ def feature_keys(plan: Plan, data: dict[str, SplitArrays]) -> dict[str, FeatureK
 
     A server started elsewhere (``--endpoint``) may run any code on any weights, so its
     features are never cached. Features computed on a GPU, or by another engine than
-    eager torch, are keyed apart (the plan's device and engine).
+    eager torch, are keyed apart (the plan's device, engine and autocast dtype).
     """
     cfg, spec = plan.cfg, plan.spec
     if cfg.runtime == "endpoint" or (cfg.runtime == "docker" and not plan.image_digest):
         return None
-    environment = on_device(plan.image_digest if cfg.runtime == "docker" and plan.image_digest else host_environment(), plan.device, plan.engine)
+    environment = on_device(plan.image_digest if cfg.runtime == "docker" and plan.image_digest else host_environment(), plan.device, plan.engine, plan.dtype)
     return {
         name: FeatureKey(spec.name, spec.spec_hash(), environment, plan.weights.identity, plan.card.name, plan.card.card_hash(), name,
                          pixels_hash([d.images]), plan.size, plan.blocks)
@@ -83,7 +74,7 @@ class SegmentationTask:
 
     def compute(self, plan: Plan, ctx: RunContext) -> ResultRow:
         if _config(plan).strategy == "frozen":
-            return _run_frozen(plan, ctx.data_dir, ctx.show_progress, ctx.endpoint, ctx.runtime_options(), FeatureCache() if ctx.feature_cache else None,
+            return _run_frozen(plan, ctx.data_dir, ctx.show_progress, ctx.endpoint, ctx.runtime_options(plan.dtype), FeatureCache() if ctx.feature_cache else None,
                                ctx.device)
         return run_training_job(plan, ctx.results_dir, ctx.data_dir, ctx.show_progress, ctx.image, fresh=ctx.fresh, device=ctx.device)
 
@@ -126,7 +117,8 @@ def _run_frozen(plan: Plan, data_dir: Path | None, show_progress: bool, endpoint
                 where = f"{runtime.name}{', to the cache' if keys else ''}"
                 task = bar.add_task(f"features {spec.name} ({where})", total=total, info=f"{size}px blocks {list(blocks)}")
                 for name in missing:
-                    batches = iter_features(runtime, data[name].images, blocks, batch=extract_batch(device), on_batch=lambda n: bar.advance(task, n))
+                    batches = iter_features(runtime, data[name].images, blocks, batch=extraction_batch(device, spec, size, len(blocks), protocol.MAX_BATCH),
+                                             on_batch=lambda n: bar.advance(task, n))
                     tokens[name] = cache.put(keys[name], batches) if cache is not None and keys else np.concatenate(list(batches))
         if runtime is not None and cfg.inference == "resize":  # nothing more to extract: free the server before training
             runtime.stop()
@@ -157,5 +149,5 @@ def _run_frozen(plan: Plan, data_dir: Path | None, show_progress: bool, endpoint
     digest = digest or plan.image_digest
     return make_row(cfg, spec, card, plan.weights.label, blocks, size, data, report, result.best_epoch, result.best_val, transfer, digest,
                     time.perf_counter() - started, instances, trainable=trainable, key=plan.run_key,
-                    device=device, precision=None if endpoint else precision(device),  # a server elsewhere: unknown
+                    device=device, precision=None if endpoint else precision(device, autocast(plan.dtype)),  # a server elsewhere: unknown
                     engine=None if endpoint else plan.engine)

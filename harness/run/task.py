@@ -33,12 +33,13 @@ class RunContext:
     request_timeout_s: float = constants.REQUEST_TIMEOUT_S  # --request-timeout / PFMBENCH_REQUEST_TIMEOUT
     #: --device / PFMBENCH_DEVICE; :func:`~harness.run.lifecycle.execute` resolves it (``cpu``, ``cuda:N``) before anything runs
     device: str = constants.DEVICE
-    #: --engine: what runs the backbone's forward in a frozen extraction (torch | compile | onnx); part of the run key when not torch
+    #: --engine: what runs the backbone's forward in a frozen extraction (torch | compile | onnx, or auto:
+    #: :func:`~harness.perf.engine_choice.choose_engine`); part of the run key when not torch
     engine: str = "torch"
 
-    def runtime_options(self) -> dict[str, object]:
-        """Keyword arguments for :func:`~harness.runtime.make_runtime`: the device and engine, the image to run in, and the waits."""
-        options: dict[str, object] = {"device": self.device, "engine": self.engine, "startup_timeout_s": self.startup_timeout_s,
+    def runtime_options(self, dtype: str = "bf16") -> dict[str, object]:
+        """Keyword arguments for :func:`~harness.runtime.make_runtime`: the device, engine and autocast dtype (the plan's), the image to run in, and the waits."""
+        options: dict[str, object] = {"device": self.device, "engine": self.engine, "dtype": dtype, "startup_timeout_s": self.startup_timeout_s,
                                       "request_timeout_s": self.request_timeout_s}
         if self.image:
             options["image"] = self.image

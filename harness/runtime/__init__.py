@@ -56,7 +56,7 @@ def make_runtime(name: str, spec: ModelSpec, weights: ResolvedWeights, endpoint:
     if name == "local":
         return LocalRuntime(spec, weights, **kwargs)  # type: ignore[arg-type]
     if name == "inprocess":
-        return InProcessRuntime(spec, weights, device=kwargs.get("device"), engine=kwargs.get("engine") or "torch")  # type: ignore[arg-type]
+        return InProcessRuntime(spec, weights, device=kwargs.get("device"), engine=kwargs.get("engine") or "torch", dtype=kwargs.get("dtype") or "bf16")  # type: ignore[arg-type]
     if name == "docker":
         ok, why = docker_available()
         if not ok:

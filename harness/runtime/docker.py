@@ -22,7 +22,7 @@ from harness.models.spec import ModelSpec
 from harness.models.weights import ResolvedWeights
 from harness.runtime.images import docker_client, ensure_image, image_identity
 from harness.runtime.owners import RUN_LABEL, owner_labels, reap_orphan_containers
-from harness.runtime.served import ServedOptions, ServedRuntime
+from harness.runtime.served import ServedOptions, ServedRuntime, server_dtype_args
 from harness.util.devices import docker_device_requests, inside_device, resolve_device
 
 log = logging.getLogger("pfmbench.runtime")
@@ -32,7 +32,8 @@ HTTP_PORT = 8000
 WEIGHTS_MOUNT = "/weights"
 
 
-def server_container(spec: ModelSpec, weights: ResolvedWeights, device: str, name: str, token: str, engine: str = "torch") -> dict[str, Any]:
+def server_container(spec: ModelSpec, weights: ResolvedWeights, device: str, name: str, token: str, engine: str = "torch",
+                     dtype: str = "bf16") -> dict[str, Any]:
     """The ``containers.run`` arguments of a model server on ``device`` (``cpu`` or ``cuda:N``), the image aside.
 
     A GPU is handed over as a device request for that GPU alone (the NVIDIA container
@@ -45,7 +46,7 @@ def server_container(spec: ModelSpec, weights: ResolvedWeights, device: str, nam
     return {
         "command": ["python", "-m", "harness.serve", "--model", spec.name, "--weights", weights_arg, "--init-seed", str(weights.init_seed),
                     "--device", inside_device(device), "--engine", engine, "--host", "0.0.0.0", "--grpc-port", str(GRPC_PORT),
-                    "--http-port", str(HTTP_PORT)],
+                    "--http-port", str(HTTP_PORT), *server_dtype_args(device, dtype)],
         "name": name, "environment": {constants.TOKEN_ENV: token},
         "ports": {f"{GRPC_PORT}/tcp": ("127.0.0.1", None), f"{HTTP_PORT}/tcp": ("127.0.0.1", None)},
         "ipc_mode": "host", "volumes": volumes, "labels": {RUN_LABEL: name, "org.pfmbench.model": spec.name, **owner_labels()},
@@ -57,10 +58,10 @@ class DockerRuntime(ServedRuntime):
     name = "docker"
 
     def __init__(self, spec: ModelSpec, weights: ResolvedWeights, image: str | None = None, device: str | None = None, engine: str = "torch",
-                 **options: Unpack[ServedOptions]) -> None:
+                 dtype: str = "bf16", **options: Unpack[ServedOptions]) -> None:
         super().__init__(spec, weights, **options)
         self.image_ref = image
-        self.engine = engine
+        self.engine, self.dtype = engine, dtype
         self.device = resolve_device(device)  # decided on the host: the container sees only that GPU
         self.container = None
         self._digest: str | None = None
@@ -77,7 +78,7 @@ class DockerRuntime(ServedRuntime):
         self._digest = image_identity(image)
         token = secrets.token_hex(16)
         name = f"pfmbench-{self.spec.name}-{uuid.uuid4().hex[:8]}"
-        self.container = client.containers.run(image.id, detach=True, **server_container(self.spec, self.weights, self.device, name, token, self.engine))
+        self.container = client.containers.run(image.id, detach=True, **server_container(self.spec, self.weights, self.device, name, token, self.engine, self.dtype))
         log.info("container %s from %s on %s", name, self._digest, self.device)
         self._connect(f"127.0.0.1:{self._published_port(GRPC_PORT)}", token, http_url=f"127.0.0.1:{self._published_port(HTTP_PORT)}")
         self._wait_ready()

@@ -85,12 +85,21 @@ def write_lock(entries: dict[str, dict[str, str]], path: Path | None = None) -> 
 # --- build --------------------------------------------------------------------------------
 
 
+#: The locks an image installs: the shared set, then the GPU set over it (onnxruntime-gpu for the CPU
+#: onnxruntime). Every image carries the GPU set: torch in it is already a CUDA build, and
+#: onnxruntime-gpu keeps the CPU provider, so one image serves a CPU host and a GPU host alike.
+IMAGE_LOCKS = ("requirements.lock", "requirements-gpu.lock")
+
+
 def _lock_digest() -> str:
-    return hashlib.sha256((constants.PROJECT_ROOT / "requirements.lock").read_bytes()).hexdigest()[:16]
+    digest = hashlib.sha256()
+    for name in IMAGE_LOCKS:
+        digest.update((constants.PROJECT_ROOT / name).read_bytes())
+    return digest.hexdigest()[:16]
 
 
 def ensure_wheelhouse(log: Log = print) -> Path:
-    """Every file of ``requirements.lock`` in ``build/wheelhouse`` (downloaded once per lock).
+    """Every file of :data:`IMAGE_LOCKS` in ``build/wheelhouse`` (downloaded once per set of locks).
 
     Wheels where PyPI has them; an sdist otherwise (fairscale, which MUSK's torchscale
     imports, ships only one). The image build turns an sdist into a wheel offline, with
@@ -101,16 +110,17 @@ def ensure_wheelhouse(log: Log = print) -> Path:
     if stamp.exists():
         return house
     house.mkdir(parents=True, exist_ok=True)
-    lock = constants.PROJECT_ROOT / "requirements.lock"
-    log(f"downloading the wheels of {lock.name} into {house} (once per lock)")
-    res = subprocess.run(
-        [sys.executable, "-m", "pip", "download", "--quiet", "--no-deps", "--prefer-binary", "-r", str(lock), "-d", str(house)],
-        capture_output=True, text=True,
-    )
-    if res.returncode != 0:
-        tail = " | ".join(line for line in res.stderr.splitlines() if "WARNING: Location" not in line)[-600:]
-        raise ImageError(f"pip download of the lock failed: {tail}", "check that PyPI (or your index) is reachable")
-    shutil.copy2(lock, house / "requirements.lock")
+    for name in IMAGE_LOCKS:
+        lock = constants.PROJECT_ROOT / name
+        log(f"downloading the wheels of {lock.name} into {house} (once per lock)")
+        res = subprocess.run(
+            [sys.executable, "-m", "pip", "download", "--quiet", "--no-deps", "--prefer-binary", "-r", str(lock), "-d", str(house)],
+            capture_output=True, text=True,
+        )
+        if res.returncode != 0:
+            tail = " | ".join(line for line in res.stderr.splitlines() if "WARNING: Location" not in line)[-600:]
+            raise ImageError(f"pip download of {lock.name} failed: {tail}", "check that PyPI (or your index) is reachable")
+        shutil.copy2(lock, house / lock.name)
     stamp.touch()
     return house
 

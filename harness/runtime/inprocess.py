@@ -16,13 +16,13 @@ class InProcessRuntime(Runtime):
 
     _extractor: Extracts | None = None
 
-    def __init__(self, spec: ModelSpec, weights: ResolvedWeights, device: str | None = None, engine: str = "torch") -> None:
+    def __init__(self, spec: ModelSpec, weights: ResolvedWeights, device: str | None = None, engine: str = "torch", dtype: str = "bf16") -> None:
         super().__init__(spec, weights)
         self.device = resolve_device(device)
-        self.engine = engine
+        self.engine, self.dtype = engine, dtype
 
     def start(self) -> None:
-        self._extractor = build_engine(self.spec, self.weights, self.device, self.engine)
+        self._extractor = build_engine(self.spec, self.weights, self.device, self.engine, self.dtype)
 
     def health(self) -> bool:
         return self._extractor is not None

@@ -22,7 +22,7 @@ from typing import Unpack
 from harness import constants
 from harness.models.spec import ModelSpec
 from harness.models.weights import ResolvedWeights
-from harness.runtime.served import ServedOptions, ServedRuntime
+from harness.runtime.served import ServedOptions, ServedRuntime, server_dtype_args
 from harness.util.devices import inside_device, visible_devices_env
 from harness.util.procgroup import spawn_group, stop_group
 
@@ -69,10 +69,10 @@ class LocalRuntime(ServedRuntime):
     name = "local"
 
     def __init__(self, spec: ModelSpec, weights: ResolvedWeights, device: str | None = None, engine: str = "torch",
-                 threads: int | None = None, **options: Unpack[ServedOptions]) -> None:
+                 threads: int | None = None, dtype: str = "bf16", **options: Unpack[ServedOptions]) -> None:
         super().__init__(spec, weights, **options)
         self.device = device
-        self.engine = engine
+        self.engine, self.dtype = engine, dtype
         self.threads = threads  # torch's intra-op threads in the server (default: torch's own choice)
         self.proc: subprocess.Popen[bytes] | None = None
         self.log_path: Path | None = None
@@ -85,7 +85,7 @@ class LocalRuntime(ServedRuntime):
             "--host", "127.0.0.1", "--http-port", str(http), "--grpc-port", str(grpc), "--metrics-port", str(metrics),
         ]
         if self.device:
-            cmd += ["--device", inside_device(self.device)]
+            cmd += ["--device", inside_device(self.device)] + server_dtype_args(self.device, self.dtype)
         if self.engine != "torch":
             cmd += ["--engine", self.engine]
         if self.threads:

@@ -28,6 +28,11 @@ from harness.models.weights import ResolvedWeights
 from harness.runtime.base import Runtime
 
 
+def server_dtype_args(device: str, dtype: str) -> list[str]:
+    """The server's ``--dtype`` on a GPU; nothing on a CPU, which computes in fp32 (and an older image's server knows no ``--dtype``)."""
+    return ["--dtype", dtype] if device.startswith("cuda") else []
+
+
 class ServedOptions(TypedDict, total=False):
     """How any served runtime talks to its server (subclasses add where the server runs)."""
 

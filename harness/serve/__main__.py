@@ -4,8 +4,10 @@ from __future__ import annotations
 
 import argparse
 import logging
+import sys
 
 from harness import constants
+from harness.errors import PfmbenchError
 from harness.models.spec import get_spec
 from harness.serve.server import serve
 
@@ -22,6 +24,7 @@ def main(argv: list[str] | None = None) -> None:
     p.add_argument("--device", default=None, help="auto (default: CUDA when there is a GPU) | cpu | cuda | cuda:N")
     p.add_argument("--engine", default="torch", choices=["torch", "compile", "onnx"],
                    help="eager PyTorch, torch.compile, or onnxruntime on the model's ONNX export")
+    p.add_argument("--dtype", default="bf16", choices=["bf16", "fp16"], help="autocast dtype of the forward on a GPU (a CPU computes in fp32)")
     p.add_argument("--threads", type=int, default=None, help="torch intra-op threads (default: torch's choice, one per core)")
     args = p.parse_args(argv)
     if args.threads:
@@ -29,7 +32,11 @@ def main(argv: list[str] | None = None) -> None:
 
         torch.set_num_threads(args.threads)
     logging.basicConfig(level=logging.INFO, format="%(asctime)s %(name)s %(message)s")
-    serve(get_spec(args.model), args.weights, args.init_seed, args.host, args.http_port, args.grpc_port, args.metrics_port, args.device, engine=args.engine)
+    try:
+        serve(get_spec(args.model), args.weights, args.init_seed, args.host, args.http_port, args.grpc_port, args.metrics_port, args.device, engine=args.engine, dtype=args.dtype)
+    except PfmbenchError as exc:  # a device, weights or model error: the log's last line says it, as the CLI would
+        print(f"error: {exc.one_line()}", file=sys.stderr, flush=True)
+        sys.exit(1)
 
 
 if __name__ == "__main__":

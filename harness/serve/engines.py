@@ -18,25 +18,30 @@ from harness.config import ENGINES
 from harness.models.builders import build_extractor
 from harness.models.spec import ModelSpec
 from harness.models.weights import ResolvedWeights
+from harness.util.devices import DEFAULT_EXTRACT_DTYPE, check_dtype
 
 
 class Extracts(Protocol):
     def extract(self, images: np.ndarray, blocks: tuple[int, ...] | None = None) -> tuple[np.ndarray, np.ndarray]: ...
 
 
-def build_engine(spec: ModelSpec, weights: ResolvedWeights, device: str, engine: str = "torch") -> Extracts:
-    """The model with ``weights`` behind ``engine``, on ``device``."""
+def build_engine(spec: ModelSpec, weights: ResolvedWeights, device: str, engine: str = "torch", dtype: str = DEFAULT_EXTRACT_DTYPE) -> Extracts:
+    """The model with ``weights`` behind ``engine``, on ``device``; on a GPU, eager and compiled torch autocast to ``dtype``.
+
+    (onnxruntime on a GPU runs its own fp16: TensorRT's, or the CUDA provider's.)
+    """
     if engine not in ENGINES:
         raise ValueError(f"unknown engine '{engine}' (one of {', '.join(ENGINES)})")
+    import torch
+
     extractor = build_extractor(spec, weights)
+    extractor.autocast_dtype = {"bf16": torch.bfloat16, "fp16": torch.float16}[check_dtype(dtype)]
     if engine == "onnx":
         from harness.serve.onnx import OnnxExtractor
 
         return OnnxExtractor(extractor, weights, device)
     extractor = extractor.to(device)
     if engine == "compile":
-        import torch
-
         mode = "max-autotune" if device.startswith("cuda") else None
         extractor.forward = torch.compile(extractor.forward, mode=mode, dynamic=False)  # type: ignore[method-assign]
     return extractor

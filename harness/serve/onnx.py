@@ -9,7 +9,10 @@ comparison (``pfmbench perf --modes inprocess,onnx`` reports it as ``max_abs_dif
 A graph is exported per (tapped blocks, input height, width) with a dynamic batch
 dimension, on first use, into ``$PFMBENCH_CACHE/onnx/<model>-<hash>/model.onnx`` (the
 hash covers spec, weights, blocks and size; written in a temporary folder and renamed),
-and reused after.
+and reused after. On a GPU the session runs an fp16 copy of that graph
+(``fp16/model.onnx`` beside it: onnxruntime's float16 conversion, uint8 input and fp16
+outputs kept), so the CUDA provider computes in half precision as TensorRT's fp16 does;
+a CPU runs the fp32 graph.
 Execution providers (:func:`providers_for`): on a GPU, TensorRT in fp16 (with its engine
 cache beside the graph) where the TensorRT libraries are installed, then CUDA; both need
 the ``onnxruntime-gpu`` wheel instead of the CPU one (``make setup-gpu``). ``--engine onnx``
@@ -51,6 +54,25 @@ class _Export(nn.Module):
 
 def onnx_dir() -> Path:
     return constants.ONNX_DIR
+
+
+def half_precision(graph: Path) -> Path:
+    """The fp16 copy of the graph at ``graph`` (converted now if not there yet), in ``fp16/`` beside it.
+
+    Weights and activations in fp16, the graph's uint8 input and fp16 outputs as they were;
+    its weights go to one external file (a ViT-g's exceed protobuf's 2 GB).
+    """
+    import onnx
+    from onnxruntime.transformers.float16 import convert_float_to_float16
+
+    target = graph.parent / "fp16"
+    if (target / "model.onnx").is_file():
+        return target / "model.onnx"
+    log.info("converting %s to fp16", graph)
+    half = convert_float_to_float16(onnx.load(str(graph)), keep_io_types=True)
+    with atomic_directory(target) as tmp:
+        onnx.save(half, str(tmp / "model.onnx"), save_as_external_data=True, all_tensors_to_one_file=True, location="model.onnx.data")
+    return target / "model.onnx"
 
 
 def export(extractor: TokenExtractor, weights: ResolvedWeights, blocks: tuple[int, ...], height: int, width: int,
@@ -96,10 +118,12 @@ def providers_for(device: str, available: list[str], cache_dir: Path) -> list[st
 class OnnxExtractor:
     """``extract(images, blocks)`` as :class:`~harness.models.builders.TokenExtractor` has it, run by onnxruntime."""
 
-    def __init__(self, extractor: TokenExtractor, weights: ResolvedWeights, device: str = "cpu", directory: Path | None = None) -> None:
+    def __init__(self, extractor: TokenExtractor, weights: ResolvedWeights, device: str = "cpu", directory: Path | None = None,
+                 fp16: bool | None = None) -> None:
         import onnxruntime as ort
 
         self.extractor, self.weights, self.directory = extractor, weights, directory
+        self.fp16 = device.startswith("cuda") if fp16 is None else fp16  # the fp16 graph on a GPU (:func:`half_precision`)
         if device.startswith("cuda") and hasattr(ort, "preload_dlls"):
             ort.preload_dlls()  # the CUDA libraries of the nvidia-* wheels torch uses: no system CUDA needed
         self.providers = providers_for(device, ort.get_available_providers(), (directory or onnx_dir()) / "tensorrt")
@@ -113,6 +137,8 @@ class OnnxExtractor:
         with self._lock:
             if key not in self._sessions:
                 path = export(self.extractor, self.weights, blocks, height, width, self.directory)
+                if self.fp16:
+                    path = half_precision(path)
                 self._sessions[key] = ort.InferenceSession(str(path), providers=self.providers)
             return self._sessions[key]
 

@@ -13,7 +13,8 @@ import numpy as np
 from harness.models.spec import ModelSpec
 
 IMAGES, BLOCKS, TOKENS, CLS = "images", "blocks", "tokens", "cls"
-MAX_BATCH = 64
+#: The server's largest request: a client on a large GPU sends up to this many images at once (:func:`~harness.util.devices.extraction_batch`).
+MAX_BATCH = 256
 
 
 def output_shapes(spec: ModelSpec, batch: int, height: int, width: int, n_blocks: int) -> dict[str, tuple[int, ...]]:

@@ -24,18 +24,18 @@ from harness.models.weights import ResolvedWeights, resolve_weights
 from harness.serve import protocol
 from harness.serve.engines import build_engine
 from harness.serve.workspace import new_workspace
-from harness.util.devices import resolve_device
+from harness.util.devices import DEFAULT_EXTRACT_DTYPE, resolve_device
 from harness.util.leases import release
 from harness.util.procgroup import command_line, die_with_parent_promptly, kill_own_group, live_members
 
 log = logging.getLogger("pfmbench.serve")
 
 
-def make_infer_fn(spec: ModelSpec, weights: ResolvedWeights, device: str, engine: str = "torch"):
+def make_infer_fn(spec: ModelSpec, weights: ResolvedWeights, device: str, engine: str = "torch", dtype: str = DEFAULT_EXTRACT_DTYPE):
     """The batched numpy -> numpy function Triton calls (model built once, here)."""
     from pytriton.decorators import batch, group_by_values
 
-    extractor = build_engine(spec, weights, device, engine)
+    extractor = build_engine(spec, weights, device, engine, dtype)
 
     @batch
     @group_by_values(protocol.BLOCKS)
@@ -57,12 +57,13 @@ def serve(
     device: str | None = None,
     max_batch: int = protocol.MAX_BATCH,
     engine: str = "torch",
+    dtype: str = DEFAULT_EXTRACT_DTYPE,
 ) -> None:
     """Serve ``spec``'s token features until interrupted (SIGINT or SIGTERM), then leave no process behind."""
     workspace, lease = new_workspace()  # a server killed outright leaves it unheld: the next run sweeps it
     die_with_parent_promptly(reap=lambda: _reap_triton(workspace))
     try:
-        _serve_until_stopped(spec, weights, init_seed, host, http_port, grpc_port, metrics_port, device, max_batch, engine, workspace / "pytriton")
+        _serve_until_stopped(spec, weights, init_seed, host, http_port, grpc_port, metrics_port, device, max_batch, engine, dtype, workspace / "pytriton")
     except KeyboardInterrupt:
         log.info("stopped")
     finally:
@@ -88,13 +89,13 @@ def _reap_triton(workspace: Path) -> None:
 
 
 def _serve_until_stopped(spec: ModelSpec, weights: str, init_seed: int, host: str, http_port: int, grpc_port: int, metrics_port: int,
-                         device: str | None, max_batch: int, engine: str, workspace: Path) -> None:
+                         device: str | None, max_batch: int, engine: str, dtype: str, workspace: Path) -> None:
     from pytriton.model_config import ModelConfig, Tensor
     from pytriton.triton import Triton, TritonConfig, TritonSecurityConfig
 
     device = resolve_device(device)
     resolved = resolve_weights(spec, weights, init_seed=init_seed)
-    infer = make_infer_fn(spec, resolved, device, engine)
+    infer = make_infer_fn(spec, resolved, device, engine, dtype)
     token = constants.triton_token()
     security = TritonSecurityConfig(access_token=token) if token else TritonSecurityConfig(restricted_endpoints=[])
     config = TritonConfig(
@@ -119,6 +120,7 @@ def _serve_until_stopped(spec: ModelSpec, weights: str, init_seed: int, host: st
             config=ModelConfig(max_batch_size=max_batch, batcher=None),
             strict=True,
         )
-        log.info("serving %s (%s weights) on %s grpc=%d http=%d device=%s engine=%s", spec.name, resolved.label, host, grpc_port, http_port, device, engine)
+        log.info("serving %s (%s weights) on %s grpc=%d http=%d device=%s engine=%s dtype=%s", spec.name, resolved.label, host, grpc_port, http_port, device, engine,
+                 dtype if device.startswith("cuda") else "fp32")
         print(f"pfmbench: serving {spec.name} on {host}:{grpc_port} (grpc)", flush=True)
         triton.serve()

@@ -29,6 +29,7 @@ from dataclasses import dataclass
 from pathlib import Path
 
 from harness import constants
+from harness.config import extract_dtype
 from harness.results.schema import ResultRow
 from harness.sweep.grid import Job
 from harness.util.procgroup import spawn_group, stop_group
@@ -96,7 +97,7 @@ def run_attempt(cmd: list[str], env: dict[str, str] | None = None, timeout_s: fl
 
 
 class LocalExecutor:
-    """Up to ``concurrency`` jobs at once on this machine; one shared feature server per model for ``frozen`` jobs.
+    """Up to ``concurrency`` jobs at once on this machine; one shared feature server per model and GPU for ``frozen`` jobs.
 
     ``gpus``: the GPUs jobs are placed on (default: every GPU torch sees). ``concurrency``
     defaults to one job per GPU, or 1 without a GPU; with more jobs than GPUs, the job
@@ -120,15 +121,19 @@ class LocalExecutor:
         self.pending: deque[Job] = deque()
         self.unstarted: list[tuple[Job, Attempt]] = []  # attempts that failed before their process started
         self.share_servers = share_servers
-        self.servers: dict[str, object] = {}  # model -> running ServedRuntime
+        self.servers: dict[tuple[str, int | None, str], object] = {}  # (model, GPU, autocast dtype) -> its running ServedRuntime
         self.server_starts = 0
 
-    def _server(self, job: Job):
-        """The model's shared server (started, or restarted if it died), or None when the job needs none."""
+    def _server(self, job: Job, gpu: int | None):
+        """The shared server of the job's model on the job's GPU (started, or restarted if it died), or None when the job needs none.
+
+        One server per model and GPU: a job on GPU 1 extracts on GPU 1, never through a server on GPU 0.
+        """
         cfg = job.config
         if not self.share_servers or cfg.strategy != "frozen" or cfg.runtime not in ("local", "docker") or cfg.inference != "resize":
             return None
-        runtime = self.servers.get(cfg.model)
+        key = (cfg.model, gpu, extract_dtype(cfg.preset))  # on a GPU, the preset's autocast dtype is the server's
+        runtime = self.servers.get(key)
         if runtime is not None and runtime.alive():  # type: ignore[attr-defined]
             return runtime
         if runtime is not None:
@@ -138,8 +143,9 @@ class LocalExecutor:
         from harness.runtime import make_runtime
 
         spec = get_spec(cfg.model)
-        runtime = make_runtime(cfg.runtime, spec, resolve_weights(spec, cfg.weights, cfg.init_seed))
-        self.servers[cfg.model] = runtime
+        runtime = make_runtime(cfg.runtime, spec, resolve_weights(spec, cfg.weights, cfg.init_seed), device=None if gpu is None else f"cuda:{gpu}",
+                               dtype=key[2])
+        self.servers[key] = runtime
         runtime.start()  # from the driver's main thread: PDEATHSIG follows the thread that forked
         self.server_starts += 1
         return runtime
@@ -148,13 +154,15 @@ class LocalExecutor:
         """Start queued jobs while slots (and, on a GPU machine, GPUs) are free; each gets its server as it starts."""
         while self.pending and len(self.futures) < self.concurrency:
             job = self.pending.popleft()
+            gpu = self.free_gpus.popleft() if self.free_gpus else None
             try:
-                server = self._server(job)
+                server = self._server(job, gpu)
             except Exception as exc:
+                if gpu is not None:
+                    self.free_gpus.append(gpu)
                 self.unstarted.append((job, failed_attempt(exc)))
                 continue
             env = {constants.TOKEN_ENV: server.token or ""} if server is not None else {}
-            gpu = self.free_gpus.popleft() if self.free_gpus else None
             if gpu is not None:
                 env["CUDA_VISIBLE_DEVICES"] = str(gpu)  # the job's --device auto is then this GPU, as its cuda:0
             cmd = job_command(job, self.results_dir, self.data_dir, server.url if server is not None else None)
@@ -185,9 +193,9 @@ class LocalExecutor:
         return out
 
     def model_done(self, model: str) -> None:
-        runtime = self.servers.pop(model, None)
-        if runtime is not None:
-            runtime.stop()  # type: ignore[attr-defined]
+        """Stop the model's servers (one per GPU): its last job has finished."""
+        for key in [k for k in self.servers if k[0] == model]:
+            self.servers.pop(key).stop()  # type: ignore[attr-defined]
 
     def close(self) -> None:
         """Stop what still runs (an interrupted sweep: Ctrl-C), then the shared servers. Finished rows are already stored."""
@@ -195,7 +203,7 @@ class LocalExecutor:
         for proc in list(self.live):
             stop_group(proc, grace_s=5.0)
         self.pool.shutdown(wait=True, cancel_futures=True)
-        for model in list(self.servers):
+        for model in {key[0] for key in self.servers}:
             self.model_done(model)
 
 

@@ -13,14 +13,20 @@ from __future__ import annotations
 
 import re
 from pathlib import Path
-from typing import Any
+from typing import TYPE_CHECKING, Any
 
 from harness.errors import ConfigError, DeviceError
 
+if TYPE_CHECKING:
+    from harness.models.spec import ModelSpec
+
 #: What ``--device`` accepts, for help texts and errors.
 DEVICE_HELP = "auto (CUDA when there is a GPU, else CPU) | cpu | cuda | cuda:N"
-#: How an extractor computes on a GPU (``TokenExtractor.extract``: bf16 autocast); fp32 on a CPU.
-EXTRACT_ON_GPU = "bf16-autocast"
+#: The autocast dtypes a frozen extraction can run under on a GPU (``--dtype`` of the server); a CPU computes in fp32.
+EXTRACT_DTYPES = ("bf16", "fp16")
+#: The default: bf16 keeps fp32's range (no overflow in a large model's activations).
+#: The ``densebench`` preset uses fp16, as the reference does (:data:`harness.config.PRESET_EXTRACT_DTYPE`).
+DEFAULT_EXTRACT_DTYPE = "bf16"
 _FORM = re.compile(r"(auto|cpu|cuda(:\d+)?)")
 
 
@@ -83,12 +89,24 @@ def docker_device_requests(device: str) -> list[Any]:
     return [docker.types.DeviceRequest(device_ids=[str(index)], capabilities=[["gpu"]])]
 
 
-def precision(device: str, on_gpu: str = EXTRACT_ON_GPU) -> str:
-    """What a row records as its precision: ``on_gpu`` (the extractor's, by default; a training job's ``fp16-amp``) on a GPU, ``fp32`` on a CPU."""
+def check_dtype(dtype: str) -> str:
+    """``dtype`` if it is an extraction dtype, else a :class:`ValueError` naming the choices."""
+    if dtype not in EXTRACT_DTYPES:
+        raise ValueError(f"unknown extraction dtype '{dtype}' (one of {', '.join(EXTRACT_DTYPES)})")
+    return dtype
+
+
+def autocast(dtype: str) -> str:
+    """The precision label of a frozen extraction under ``dtype`` autocast: ``bf16-autocast`` or ``fp16-autocast``."""
+    return f"{check_dtype(dtype)}-autocast"
+
+
+def precision(device: str, on_gpu: str) -> str:
+    """What a row records as its precision: ``on_gpu`` (an extraction's :func:`autocast`, a training job's ``fp16-amp``) on a GPU, ``fp32`` on a CPU."""
     return "fp32" if gpu_index(device) is None else on_gpu
 
 
-def compute_tag(device: str, engine: str = "torch") -> str:
+def compute_tag(device: str, engine: str = "torch", dtype: str = DEFAULT_EXTRACT_DTYPE) -> str:
     """What a run key and a feature-cache key add for how the backbone computed ("" for eager torch on a CPU: those keys never changed).
 
     A GPU's bf16 numbers differ from a CPU's fp32 ones, kernels differ between GPU models,
@@ -100,8 +118,46 @@ def compute_tag(device: str, engine: str = "torch") -> str:
     if index is not None:
         import torch
 
-        parts.append(f"{EXTRACT_ON_GPU}:{torch.cuda.get_device_name(index) if index < cuda_devices() else 'gpu'}")
+        parts.append(f"{autocast(dtype)}:{torch.cuda.get_device_name(index) if index < cuda_devices() else 'gpu'}")
     return ":".join(parts)
+
+
+#: Images per extraction request on a CPU: a larger batch only adds latency there.
+CPU_EXTRACT_BATCH = 8
+#: Bytes one image costs per token and width unit in a ViT forward under autocast, the tapped
+#: outputs aside: qkv (3), attention output (1), MLP hidden (4) and residuals, kept by
+#: PyTorch's allocator between kernels; 2 bytes each, rounded up (measured peaks are below).
+_ACTIVATION_BYTES = 2 * 12
+#: Share of the free GPU memory a batch may take: the rest is the allocator's and the in-flight requests'.
+_MEMORY_SHARE = 0.5
+
+
+def batch_for_memory(free_bytes: int, spec: ModelSpec, size: int, n_blocks: int, largest: int, smallest: int = CPU_EXTRACT_BATCH) -> int:
+    """The largest power-of-two batch (``smallest`` to ``largest``) whose forward fits half of ``free_bytes`` after the weights.
+
+    Per image: the token sequence times the width times :data:`_ACTIVATION_BYTES`, plus the
+    fp16 grids of the ``n_blocks`` tapped blocks that leave the server.
+    """
+    h, w = spec.grid(size, size)
+    tokens = h * w + spec.prefix_tokens
+    per_image = tokens * spec.embed_dim * (_ACTIVATION_BYTES + 2 * n_blocks)
+    weights = int(spec.params_m * 1e6) * 2
+    budget = max(0, free_bytes - weights) * _MEMORY_SHARE
+    batch = smallest
+    while batch * 2 <= largest and batch * 2 * per_image <= budget:
+        batch *= 2
+    return batch
+
+
+def extraction_batch(device: str, spec: ModelSpec, size: int, n_blocks: int, largest: int) -> int:
+    """Images per extraction request: :data:`CPU_EXTRACT_BATCH` on a CPU; on a GPU the most its free memory holds, up to ``largest``."""
+    index = gpu_index(device)
+    if index is None or index >= cuda_devices():
+        return CPU_EXTRACT_BATCH
+    import torch
+
+    free, _ = torch.cuda.mem_get_info(index)
+    return batch_for_memory(free, spec, size, n_blocks, largest)
 
 
 def _driver_version() -> str | None:

@@ -28,6 +28,8 @@ class TokenExtractor(nn.Module, abc.ABC):
     backbone: Any
     mean: torch.Tensor
     std: torch.Tensor
+    #: The autocast dtype of :meth:`extract` on a GPU (``build_engine(dtype=...)``); unused on a CPU (fp32).
+    autocast_dtype: torch.dtype = torch.bfloat16
 
     def __init__(self, spec: ModelSpec, backbone: nn.Module) -> None:
         super().__init__()
@@ -61,11 +63,11 @@ class TokenExtractor(nn.Module, abc.ABC):
     def extract(self, images: np.ndarray, blocks: tuple[int, ...] | None = None) -> tuple[np.ndarray, np.ndarray]:
         """uint8 numpy in, fp16 numpy out: the server and the in-process runtime both call this.
 
-        On a GPU the forward runs under bf16 autocast; on CPU in float32.
+        On a GPU the forward runs under :attr:`autocast_dtype` autocast (bf16 unless set); on CPU in float32.
         """
         device = self.mean.device
         x = self.preprocess(torch.from_numpy(np.ascontiguousarray(images)).to(device, non_blocking=True))
-        with torch.autocast(device.type, dtype=torch.bfloat16, enabled=device.type == "cuda"):
+        with torch.autocast(device.type, dtype=self.autocast_dtype, enabled=device.type == "cuda"):
             tokens, cls = self(x, blocks)
         return tokens.to(torch.float16).cpu().numpy(), cls.to(torch.float16).cpu().numpy()
 

@@ -331,3 +331,9 @@ def test_the_image_carries_the_gpu_set_and_still_runs_onnx_on_a_cpu(client, no_l
     assert f"onnxruntime-gpu=={out[0]}" in gpu_lock and out[1] == "False"  # the locked GPU wheel, and no CPU wheel beside it
     assert {"TensorrtExecutionProvider", "CUDAExecutionProvider", "CPUExecutionProvider"} <= set(out[2].split(","))
     assert out[3] != "None"  # torch in the image is a CUDA build
+    run = ("import numpy as np; from harness.models.spec import get_spec; from harness.models.weights import ResolvedWeights; "
+           "from harness.serve.engines import build_engine; "
+           "t, c = build_engine(get_spec('phikon'), ResolvedWeights.random(0), 'cpu', 'onnx').extract(np.zeros((2, 32, 32, 3), np.uint8)); "
+           "print(t.shape, t.dtype, bool(np.isfinite(t).all()))")
+    shape = client.containers.run(client.images.get(local_tag("phikon")).id, ["python", "-c", run], remove=True, labels=owner_labels()).decode()
+    assert shape.strip().endswith("(2, 1, 2, 2, 768) float16 True"), shape  # the GPU wheel's CPU provider ran the export

@@ -37,7 +37,7 @@ help:
 	@echo "make test-all                   every test: slow, docker (needs a daemon and 'make images'), ray; what CI runs"
 	@echo "make lint                       ruff and mypy (configured in pyproject.toml), and the import-cycle check"
 	@echo "make perf [GPU=1]               served (shm, gRPC, HTTP, docker) vs in-process throughput, feature-cache epoch speed-up, streaming RSS (JSON in .perf/)"
-	@echo "make gpu-check [DEVICE=cuda:N]  the GPU figures in one run (~8 min): img/s + MFU eager vs compile, served/in-process, a frozen row with GPU busy, a LoRA step"
+	@echo "make gpu-check [DEVICE=cuda:N]  the GPU figures in one run (~8 min): img/s + MFU eager vs compile, served/in-process, a frozen row with GPU busy, a LoRA step; then the gpu-marked tests"
 	@echo "make perf-zoo [DEVICE=cuda BATCH=64]  forward cost of every model: params, tokens, GFLOPs, img/s, MFU"
 	@echo "make perf-train [DEVICE=cuda SIZE=512 BATCH=8]  trainable params, s/step, peak memory per strategy (phikon, uni)"
 	@echo "make images                     build pfmbench/base and every model image (docs/docker.md)"
@@ -88,8 +88,10 @@ else
 	$(BIN)/pfmbench perf --models uni --modes inprocess,shm --iters 1 --no-cache-epoch --stream-images 0 --out .perf/perf-vitl.json
 endif
 
+# the figures first (the JSON is written after every cell), then the tests only a GPU can run
 gpu-check: setup
 	$(BIN)/pfmbench gpu-check --device $(or $(DEVICE),cuda) --out .perf/gpu-check.json
+	$(BIN)/python -m pytest -m gpu -q $(PYTEST_ARGS) tests/test_gpu.py
 
 perf-zoo: setup
 	$(BIN)/pfmbench zoo-perf --device $(or $(DEVICE),cpu) --batch $(or $(BATCH),1) --iters 3 --out .perf/zoo-$(or $(DEVICE),cpu).json

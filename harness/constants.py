@@ -47,6 +47,9 @@ REGISTRY = os.environ.get("PFMBENCH_REGISTRY", "ghcr.io/pfmbench")
 #: A Docker CLI with BuildKit, if not the one on PATH.
 DOCKER_CLI = os.environ.get("PFMBENCH_DOCKER_CLI")
 
+#: Seconds between the plain progress lines printed off a terminal (logs, CI, nohup); PFMBENCH_PROGRESS_INTERVAL.
+PROGRESS_INTERVAL_S = float(os.environ.get("PFMBENCH_PROGRESS_INTERVAL", "30"))
+
 #: Measured eager and compiled forward rates per GPU model, which ``--engine auto`` reads (``make gpu-check`` writes them).
 ENGINE_STORE = Path(os.environ.get("PFMBENCH_ENGINES") or CACHE_DIR / "engines.json")
 

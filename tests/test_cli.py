@@ -92,8 +92,9 @@ def test_bench_writes_one_row_and_is_deterministic(tmp_path, no_leftover_servers
 
     expected = "cuda:0" if torch.cuda.is_available() else "cpu"
     for r in rows:
-        assert (r["device"], r["torch_version"], r["precision"]) == (expected, torch.__version__, "fp32" if expected == "cpu" else "bf16-autocast")
+        assert (r["device"], r["torch_version"], r["precision"]) == (expected, torch.__version__, "fp32" if expected == "cpu" else "fp16-autocast")
         assert (r["gpu_model"] is None) == (expected == "cpu")
+        assert len(r["model_dockerfile_sha256"]) == 16 and r["model_dockerfile_committed"] in (True, False)  # this checkout is a git one
     assert f"device {expected}" in first.stdout
     listing = run("results", "--results-dir", str(tmp_path))
     assert listing.returncode == 0 and listing.stdout.count("phikon") == 2

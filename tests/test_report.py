@@ -34,6 +34,14 @@ def _published_csv(strategy: str, dataset: str, model: str) -> float:
     raise KeyError((strategy, dataset, model))
 
 
+def _published_csv_ci(strategy: str, dataset: str, model: str) -> tuple[str, str]:
+    with CSV_PATH.open() as f:
+        for r in csv.DictReader(f):
+            if (r["strategy"], r["dataset"], r["model"]) == (strategy, dataset, model):
+                return r["mDice_ci_low"], r["mDice_ci_high"]
+    raise KeyError((strategy, dataset, model))
+
+
 def _row(results: Path, model: str, dataset: str, strategy: str, mdice: float, weights: str = "sha256:" + "ab" * 32, seed: int = 42,
          minutes: int = 0, preset: str = "densebench") -> None:
     config_hash = uuid.uuid5(uuid.NAMESPACE_DNS, f"{model}{dataset}{strategy}{seed}{preset}").hex[:16]
@@ -47,6 +55,25 @@ def _row(results: Path, model: str, dataset: str, strategy: str, mdice: float, w
         inference="resize", runtime="inprocess", transfer="none", image_digest=None, config_hash=config_hash, config_json="{}", **metrics,
         class_names=["a", "b"], per_class_iou=[0.5, 0.5], per_class_dice=[0.5, 0.5], n_bootstrap=10, best_epoch=0, best_val=0.5,
         harness_version="test", git_commit=None, package_versions="{}", hardware="test", wall_time_s=1.0, peak_rss_mb=1.0,
+    ), results)
+
+
+def _roi_row(results: Path, model: str, task: str, auroc: float, top1: float | None = None, seed: int = 42) -> None:
+    config_hash = uuid.uuid5(uuid.NAMESPACE_DNS, f"{model}{task}{seed}").hex[:16]
+    metrics: dict[str, float] = {}
+    if task == "roi-linear":
+        for m, v in (("macro_acc", auroc - 0.1), ("macro_f1", auroc - 0.2), ("macro_auroc", auroc)):
+            metrics.update({m: v, f"{m}_ci_low": v - 0.03, f"{m}_ci_high": v + 0.03})
+    else:
+        metrics.update({"top1_acc": top1 or 0.0, "top3_acc": min(1.0, (top1 or 0.0) + 0.1), "top5_acc": min(1.0, (top1 or 0.0) + 0.2)})
+    write_row(ResultRow(
+        row_id=uuid.uuid4().hex[:12], run_key=uuid.uuid4().hex[:20], created_at=_T0, task=task, model=model, model_spec_hash="s" * 16,
+        weights="sha256:" + "cd" * 32, weights_init_seed=None, dataset="roi-sample", card_hash="r" * 16, split_sizes=[105, 35, 35],
+        strategy="frozen", decoder="none", preset="gpfm", seed=seed, epochs=30, input_size=224, blocks=[-1], inference="none", runtime="inprocess",
+        transfer="none", image_digest=None, config_hash=config_hash, config_json="{}", **metrics,
+        class_names=["connective", "inflammatory", "neoplastic"], per_class_f1=[0.61, 0.52, 0.83] if task == "roi-linear" else [],
+        n_bootstrap=10, best_epoch=0, best_val=0.5, harness_version="test", git_commit=None, package_versions="{}", hardware="test",
+        wall_time_s=1.0, peak_rss_mb=1.0,
     ), results)
 
 
@@ -79,6 +106,9 @@ def store(tmp_path):
     _row(res, "phikon", "glas", "lora", 0.61)
     _row(res, "gigapath", "ebhi", "cnn_adapter", 0.5)
     _row(res, "uni", "nuclei-sample", "frozen", 0.4)  # no published cell
+    _roi_row(res, "uni", "roi-linear", 0.91)
+    _roi_row(res, "phikon", "roi-linear", 0.84)
+    _roi_row(res, "uni", "roi-knn", 0.0, top1=0.77)
     return res, pub_uni
 
 
@@ -126,6 +156,21 @@ def test_html_report_renders_its_tables_in_headless_chromium(store, tmp_path):
     tables = re.findall(r'<table class="leaderboard" data-dataset="([^"]+)" data-strategy="([^"]+)"', dom.stdout)
     assert sorted(tables) == [("ebhi", "cnn_adapter"), ("glas", "frozen"), ("glas", "lora"), ("nuclei-sample", "frozen")]
     assert dom.stdout.count('<img alt="') == 3 and "not compared" in dom.stdout and 'id="ranks"' in dom.stdout
+    # the ROI rows have their own section, with their own metrics, ranks and run context
+    roi = re.findall(r'<table class="roi" data-dataset="([^"]+)" data-task="([^"]+)"', dom.stdout)
+    assert sorted(roi) == [("roi-sample", "roi-knn"), ("roi-sample", "roi-linear")]
+    linear = dom.stdout.split('data-task="roi-linear"')[1].split("</table>\n")[0]
+    assert "macro_auroc (ranked)" in linear and "top1_acc" not in linear and "0.9100" in linear and "(0.8800 - 0.9400)" in linear
+    assert linear.index(">uni<") < linear.index(">phikon<") and "30 ep, 224 px, gpfm" in linear and "neoplastic" in linear
+    # each segmentation entry says how it ran, its per-class values, and its distance to the published value in CI half-widths
+    glas = dom.stdout.split('data-dataset="glas" data-strategy="frozen"')[1].split("</table>\n")[0]
+    assert "1 ep, 224 px, densebench, transunet, resize" in glas and "per class" in glas
+    above = float(_published_csv_ci("frozen", "GlaS", "uni_v1")[1]) - _published_csv("frozen", "GlaS", "uni_v1")  # the CI's upper side
+    assert f"{0.0123 / above:+.2f}" in glas
+    # ranks: one overall table and one per-strategy table, no model repeated within either
+    overall = dom.stdout.split('id="ranks"')[1].split("</table>")[0]
+    assert overall.count('>uni</td><td class="name">densebench</td><td class="name">real<') == 1 and 'id="ranks-by-strategy"' in dom.stdout
+    assert overall.count(">uni<") == 2  # once with real weights, once untrained: two entries, not a repeat
     shot = tmp_path / "shot.png"
     subprocess.run([browser, *flags, f"--screenshot={shot}", "--window-size=1200,900", files.html.as_uri()], capture_output=True, timeout=120, check=True)
     img = np.asarray(Image.open(shot).convert("L"))

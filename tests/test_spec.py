@@ -56,7 +56,7 @@ def test_malformed_labels_name_the_problem(tmp_path):
     with pytest.raises(SpecError, match="org.pfmbench.mean is not valid JSON"):
         parse_dockerfile(d / "Dockerfile")
     (d / "Dockerfile").write_text(good.replace('org.pfmbench.patch-size="16"', 'org.pfmbench.patch-size="zero"'))
-    with pytest.raises(SpecError, match="patch_size"):
+    with pytest.raises(SpecError, match="org.pfmbench.patch-size: .* \\(got 'zero'\\)"):
         parse_dockerfile(d / "Dockerfile")
     with pytest.raises(SpecError, match="must equal the folder name"):
         parse_dockerfile(_write(tmp_path, "other", 'org.pfmbench.name="phikon"'))
@@ -71,3 +71,35 @@ def test_block_indices():
         resolve_blocks((12,), 12)
     with pytest.raises(ValueError, match="same block twice"):
         resolve_blocks((11, -1), 12)
+
+
+def test_every_label_problem_is_listed_at_once_by_its_label_key(tmp_path):
+    """A misspelt label, JSON that does not parse and a value out of range: one error, three problems, each by its LABEL."""
+    good = (Path(__file__).parents[1] / "models/phikon/Dockerfile").read_text()
+    d = tmp_path / "phikon"
+    d.mkdir()
+    bad = (good.replace("org.pfmbench.embed-dim=", "org.pfmbench.embed-dims=")
+               .replace("org.pfmbench.std='[0.229, 0.224, 0.225]'", "org.pfmbench.std='[0.229, 0.224'")
+               .replace('org.pfmbench.depth="12"', 'org.pfmbench.depth="0"'))
+    assert bad.count("embed-dims") == 1 and "0.224'" in bad and 'depth="0"' in bad
+    (d / "Dockerfile").write_text(bad)
+    with pytest.raises(SpecError) as err:
+        parse_dockerfile(d / "Dockerfile")
+    line = err.value.one_line()
+    assert "problems:" in line and "\n" not in line
+    assert "unknown label org.pfmbench.embed-dims (did you mean org.pfmbench.embed-dim?)" in line
+    assert "org.pfmbench.std is not valid JSON" in line
+    assert "org.pfmbench.depth: Input should be greater than 0 (got '0')" in line
+    assert "embed_dim" not in line and "problem(s)" not in line  # LABEL keys, never pydantic's field names
+
+
+def test_a_name_that_breaks_the_rule_says_the_rule_and_the_name_to_use(tmp_path):
+    good = (Path(__file__).parents[1] / "models/phikon/Dockerfile").read_text()
+    d = tmp_path / "my-ViT"
+    d.mkdir()
+    (d / "Dockerfile").write_text(good.replace('org.pfmbench.name="phikon"', 'org.pfmbench.name="my-ViT"'))
+    with pytest.raises(SpecError) as err:
+        parse_dockerfile(d / "Dockerfile")
+    line = err.value.one_line()
+    assert "lowercase letters, digits and underscores" in line and "'my_vit'" in line and "regex" not in line.lower()
+    assert "1 problem:" in line

@@ -5,6 +5,7 @@ from __future__ import annotations
 
 import json
 import os
+import re
 import signal
 import subprocess
 import sys
@@ -254,7 +255,7 @@ def test_grid_file_errors_and_duplicate_cells(tmp_path):
 
 
 def test_plan_counts_backbone_passes_from_cards_and_perf(tmp_path):
-    from harness.sweep.plan import plan_sweep
+    from harness.sweep.plan import _decoder_flops, _flops, plan_sweep
 
     perf = tmp_path / "zoo.json"
     perf.write_text(json.dumps({"results": [{"model": "phikon", "size": 224, "images_per_s": 100.0}]}))
@@ -262,11 +263,16 @@ def test_plan_counts_backbone_passes_from_cards_and_perf(tmp_path):
     est = plan_sweep(spec, perf, devices=4, overhead_s=0.0)
     jobs = {j.strategy: j for j in est.jobs}
     n = 7901  # PanNuke's card; 70/20/10 -> 5531 / 1580 / 790
-    assert jobs["frozen"].forwards == n
-    assert jobs["lora"].forwards == 10 * (5531 * 3 + 1580) + 790
-    assert jobs["cnn_adapter"].forwards == 10 * (5531 + 1580) + 790
     size = 256  # PanNuke at patch 16
-    assert jobs["frozen"].hours == pytest.approx(n * (size / 224) ** 2 / 100 / 3600)
+    # the decoder trains in every job: 3 passes per train image and 1 per val image each epoch, in backbone forward-equivalents
+    decoder = _decoder_flops("transunet", 768, 1, 6, 16, size) / _flops("phikon", size)
+    assert 0 < decoder < 1
+    decoder_epochs = decoder * 10 * (5531 * 3 + 1580)
+    assert jobs["frozen"].forwards == round(n + decoder_epochs) > n
+    assert jobs["lora"].forwards == round(10 * (5531 * 3 + 1580) + 790 + decoder_epochs)
+    assert jobs["cnn_adapter"].forwards == round(10 * (5531 + 1580) + 790 + decoder_epochs)
+    assert jobs["frozen"].hours == pytest.approx(jobs["frozen"].forwards * (size / 224) ** 2 / 100 / 3600)
+    assert est.unknown_counts == []
     # one job runs on one device: the wall time is the longest job (LoRA here), not a quarter of the total
     assert est.longest_hours == jobs["lora"].hours > est.total_hours / 4
     assert est.wall_hours == pytest.approx(est.longest_hours)
@@ -277,6 +283,12 @@ def test_plan_counts_backbone_passes_from_cards_and_perf(tmp_path):
     cli = subprocess.run([sys.executable, "-m", "harness.cli", "sweep", "-m", "phikon", "-d", "pannuke", "-s", "frozen,lora", "--epochs", "10",
                           "--runtime", "inprocess", "--plan", "--perf", str(perf)], capture_output=True, text=True, timeout=120)
     assert cli.returncode == 0 and "device-hours" in cli.stdout and "lora" in cli.stdout and "most expensive" in cli.stdout
+    # a card that states no file count is named, not added as a silent zero
+    unknown = plan_sweep(SweepSpec(models=["phikon"], datasets=["cosas24", "pannuke"], runtime="inprocess"), perf, overhead_s=0.0)
+    assert unknown.unknown_counts == ["phikon / cosas24 / frozen / 42"]
+    cli = subprocess.run([sys.executable, "-m", "harness.cli", "sweep", "-m", "phikon", "-d", "cosas24", "--runtime", "inprocess", "--plan", "--perf", str(perf)],
+                         capture_output=True, text=True, timeout=120)
+    assert cli.returncode == 0 and "not counted: 1 job(s) on cards that state no file count (phikon / cosas24 / frozen / 42)" in " ".join(cli.stdout.split())
 
 
 @pytest.mark.slow
@@ -291,10 +303,15 @@ def test_ctrl_c_stops_the_sweep_and_its_jobs_at_once(tmp_path):
 
     wait_until(training, 300, "the job's first checkpoint")
     driver.send_signal(signal.SIGINT)
-    driver.communicate(timeout=60)  # stopping within the timeout is the behaviour; the LoRA job alone would run for minutes
-    assert driver.returncode != 0
+    stdout, _ = driver.communicate(timeout=60)  # a guard against a hang; the LoRA job alone would run for minutes
+    assert driver.returncode == 130
     assert not any("sweep-job" in p[2] for p in processes())
     assert read_rows(tmp_path) == []
+    text = " ".join(stdout.split())
+    assert "interrupted sweep" in text and "0 done" in text and "1 stopped (no row)" in text and "The same command resumes" in text
+    (events,) = tmp_path.glob("sweeps/*/events.jsonl")
+    kinds = [json.loads(line)["event"] for line in events.read_text().splitlines()]
+    assert kinds == ["queued", "started", "interrupted"], kinds
 
 
 @pytest.mark.slow
@@ -350,3 +367,17 @@ def test_frozen_jobs_on_two_gpus_get_one_shared_server_per_gpu_started_on_that_g
     # the servers asked for CUDA on a machine without it: each failed with the device error, never a silent CPU server
     assert all(not a.ok and "sees no CUDA device" in a.reason for _, a in attempts), [a.reason for _, a in attempts]
     assert sorted(ex.free_gpus) == [5, 7] and not ex.servers  # both GPUs came back; no server left
+
+
+@pytest.mark.slow
+def test_off_a_terminal_jobs_waiting_for_a_slot_are_queued_not_running(tmp_path):
+    """Three jobs, one slot: the plain lines (stderr is a pipe here) show one running and two queued, then each in turn."""
+    args = [sys.executable, "-m", "harness.cli", "sweep", "-m", "phikon", "-d", "nuclei-sample", "--seeds", "1,2,3", "--epochs", "1",
+            "--input-size", "32", "--runtime", "inprocess", "--concurrency", "1", "--results-dir", str(tmp_path)]
+    res = subprocess.run(args, capture_output=True, text=True, timeout=600)
+    assert res.returncode == 0, res.stderr
+    lines = [line for line in res.stderr.splitlines() if " | sweep | " in line]
+    assert all(re.match(r"^\d{4}-\d\d-\d\d \d\d:\d\d:\d\d \| sweep \| ", line) for line in lines), lines
+    first_running = next(line for line in lines if line.split(" | ")[2].endswith(" running"))
+    assert "running 1 queued 2" in first_running, lines  # one slot: the others wait, and say so
+    assert sum(line.split(" | ")[2].endswith(" done") for line in lines) == 3 and "done 3" in lines[-1]

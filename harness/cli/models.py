@@ -27,9 +27,15 @@ def models(ctx: typer.Context, pattern: Annotated[str, typer.Option(help="Glob f
     rows, note = zoo_status(pattern)
     for r in rows:
         s = r.spec
+        if s is None:
+            t.add_row(f"[red]{r.name}[/red]", "[red]invalid spec[/red]", *[""] * 7, r.image, "")
+            continue
         t.add_row(s.name, s.arch, s.builder, f"{s.params_m:.1f}", str(s.patch_size), str(s.embed_dim), str(s.prefix_tokens),
                   s.license, "yes" if s.gated else "no", r.image, r.weights)
     out.print(t)
+    for r in rows:
+        if r.spec is None:
+            out.print(f"[red]{r.name}[/red]: {r.problem} (fix: pfmbench models show {r.name} says the same; docs/adding-a-model.md)")
     if note:
         out.print(f"[dim]{note}[/dim]")
 
@@ -41,3 +47,30 @@ def models_show(name: ModelArg) -> None:
 
     spec = get_spec(name)
     out.print_json(json.dumps({**spec.model_dump(mode="json"), "spec_hash": spec.spec_hash()}))
+
+
+@models_app.command("check")
+def models_check(name: ModelArg) -> None:
+    """Build the model (meta device, then one tiny random-weight forward) and hold every label against it.
+
+    Params (and the value for params-m), embed-dim, depth, patch-size (grid shapes), prefix-tokens
+    and reg-tokens: a wrong label is named with the value to put there, and the exit code is 1.
+    About 10 s for a ViT-B on a CPU. Run it after writing a new models/<name>/Dockerfile.
+    """
+    import time
+
+    from harness.errors import SpecError
+    from harness.models.check import check_model
+
+    started = time.perf_counter()
+    checks = check_model(name)
+    t = Table(title=f"{name}: labels against the built model ({time.perf_counter() - started:.0f} s)")
+    for col in ("label", "declared", "measured", ""):
+        t.add_column(col)
+    for c in checks:
+        t.add_row(c.label, c.declared, c.measured, {True: "[green]ok[/green]", False: "[red]wrong[/red]", None: "[dim]not measured[/dim]"}[c.ok])
+    out.print(t)
+    wrong = [c for c in checks if c.ok is False]
+    if wrong:
+        raise SpecError(f"models/{name}/Dockerfile", "; ".join(f"{c.label} is {c.declared}, the model has {c.measured.split(' (')[0]}" for c in wrong))
+    out.print(f"every measured label of {name} matches; next: make bench MODEL={name} DATASET=nuclei-sample WEIGHTS=random EPOCHS=1")

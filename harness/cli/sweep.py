@@ -66,13 +66,20 @@ def sweep(
         return
     from harness.sweep.executors import make_executor
     from harness.sweep.live import LiveTable
-    from harness.sweep.runner import run_sweep
+    from harness.sweep.runner import SweepInterrupted, run_sweep
 
     results = results_dir or constants.RESULTS_DIR
     ex = make_executor(str(value(executor)), results, data_dir, concurrency=concurrency, timeout_s=timeout, address=ray_address,
                        cpus_per_job=cpus_per_job, gpus_per_job=gpus_per_job)
-    with LiveTable(progress) as live:
-        res = run_sweep(spec, ex, results, on_change=live.update)
+    try:
+        with LiveTable(progress) as live:
+            res = run_sweep(spec, ex, results, on_change=live.update)
+    except SweepInterrupted as stop:
+        res = stop.result
+        out.print(f"[yellow]interrupted[/yellow] sweep {res.sweep_id} after {res.wall_s:.1f} s: {res.count('done')} done, "
+                  f"{res.count('skipped')} skipped, {res.count('failed')} failed, {res.count('interrupted')} stopped (no row); "
+                  f"events in {res.events}. The same command resumes: finished jobs are skipped, a training job continues from its checkpoint.")
+        raise typer.Exit(130) from None
     out.print(f"sweep {res.sweep_id}: {res.count('done')} done, {res.count('skipped')} skipped, {res.count('failed')} failed "
               f"in {res.wall_s:.1f} s ({value(executor)}); events in {res.events}")
     for s in res.states:
@@ -102,6 +109,9 @@ def _print_plan(spec, perf_json: Path | None, gpus: int, job_overhead: float) ->
     for j in estimate.most_expensive():
         top.add_row(j.label, f"{j.images:,}", f"{j.forwards:,}", f"{j.hours:.3f}")
     out.print(top)
+    if unknown := estimate.unknown_counts:
+        out.print(f"[yellow]not counted[/yellow]: {len(unknown)} job(s) on cards that state no file count ({', '.join(unknown[:5])}"
+                  f"{', ...' if len(unknown) > 5 else ''}); add expected.files to those cards for a full estimate")
     out.print(f"total {_duration(estimate.total_hours)} of device time (device-hours {estimate.total_hours:.2f}); on {gpus} device(s) about "
               f"{_duration(estimate.wall_hours)} wall; the longest job alone takes {_duration(estimate.longest_hours)}")
 

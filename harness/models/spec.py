@@ -24,7 +24,7 @@ from pydantic import BaseModel, ConfigDict, Field, ValidationError, field_valida
 
 from harness import constants
 from harness.util.registry import FileRegistry
-from harness.errors import SpecError, UnknownModelError, first_problem
+from harness.errors import SpecError, UnknownModelError
 
 Builder = Literal["timm", "transformers", "open_clip", "custom"]
 
@@ -122,31 +122,73 @@ def resolve_blocks(blocks: tuple[int, ...] | list[int], depth: int) -> tuple[int
     return tuple(out)
 
 
+#: What a model's name (its folder, its ``org.pfmbench.name``) may be: it is a Python-safe key in run keys, tags and paths.
+NAME_RULE = "lowercase letters, digits and underscores, starting with a letter or digit (e.g. my_vit_b)"
+
+
+def label_key(field: str) -> str:
+    """The LABEL a spec field is written as: ``embed_dim`` -> ``org.pfmbench.embed-dim``."""
+    return constants.LABEL_PREFIX + field.replace("_", "-")
+
+
+def _label_problems(exc: ValidationError) -> list[str]:
+    """Each pydantic problem named by its LABEL, with the value it got."""
+    problems = []
+    for err in exc.errors():
+        field = str(err["loc"][0]) if err["loc"] else ""
+        where = label_key(field) if field else "the labels together"
+        got = f" (got {err['input']!r})" if field and err["type"] != "missing" else ""
+        problems.append(f"{where}: {err['msg'].removeprefix('Value error, ')}{got}")
+    return problems
+
+
 def parse_dockerfile(path: Path) -> ModelSpec:
-    """Build a :class:`ModelSpec` from one Dockerfile's ``org.pfmbench.*`` LABELs."""
+    """Build a :class:`ModelSpec` from one Dockerfile's ``org.pfmbench.*`` LABELs.
+
+    Every problem is reported at once, each by its LABEL key: unknown labels (with the
+    closest known one), JSON that does not parse, the name rule, and each invalid value.
+    """
+    import difflib
+
     try:
         labels = DockerfileParser(path=str(path), cache_content=True).labels
     except Exception as exc:  # the parser raises plain exceptions on unreadable files
         raise SpecError(str(path), f"cannot parse Dockerfile: {exc}") from exc
+    known = {label_key(f): f for f in ModelSpec.model_fields}
     fields: dict[str, Any] = {}
+    problems: list[str] = []
     for key, value in labels.items():
         if not key.startswith(constants.LABEL_PREFIX):
             continue
-        field = key[len(constants.LABEL_PREFIX):].replace("-", "_")
+        if key not in known:
+            close = difflib.get_close_matches(key, list(known), n=1)
+            problems.append(f"unknown label {key}" + (f" (did you mean {close[0]}?)" if close else ""))
+            continue
+        field = known[key]
         if field in _JSON_FIELDS:
             try:
                 value = json.loads(value)
             except json.JSONDecodeError as exc:
-                raise SpecError(str(path), f"label {key} is not valid JSON: {exc.msg}") from exc
+                problems.append(f"{key} is not valid JSON: {exc.msg} (got {value!r})")
+                continue
         fields[field] = value
-    if not fields:
+    if not fields and not problems:
         raise SpecError(str(path), f"no {constants.LABEL_PREFIX}* labels found")
-    if fields.get("name") != path.parent.name:
-        raise SpecError(str(path), f"label {constants.LABEL_PREFIX}name={fields.get('name')!r} must equal the folder name {path.parent.name!r}")
+    folder = path.parent.name
+    if not re.fullmatch(r"[a-z0-9][a-z0-9_]*", folder):
+        suggestion = re.sub(r"[^a-z0-9_]", "_", folder.lower()).lstrip("_")
+        problems.append(f"the model name {folder!r} breaks the name rule: {NAME_RULE}; rename the folder and {label_key('name')} to {suggestion!r}")
+    elif fields.get("name") != folder:
+        problems.append(f"{label_key('name')}={fields.get('name')!r} must equal the folder name {folder!r}")
     try:
-        return ModelSpec(**fields)
+        spec = ModelSpec(**fields)
     except ValidationError as exc:
-        raise SpecError(str(path), first_problem(exc)) from exc
+        problems += [p for p in _label_problems(exc) if not p.startswith(f"{label_key('name')}: String should match")]
+        spec = None
+    if problems:
+        raise SpecError(str(path), f"{len(problems)} problem{'s' if len(problems) > 1 else ''}: " + "; ".join(problems))
+    assert spec is not None
+    return spec
 
 
 _MODELS: FileRegistry[ModelSpec] = FileRegistry("*/Dockerfile", lambda p: p.parent.name, lambda p: parse_dockerfile(p), UnknownModelError,

@@ -8,14 +8,17 @@ from __future__ import annotations
 
 from dataclasses import dataclass
 
+from harness.errors import SpecError
 from harness.models.spec import ModelSpec, get_spec, list_models
 
 
 @dataclass(frozen=True)
 class ZooEntry:
-    spec: ModelSpec
+    name: str
+    spec: ModelSpec | None  # None: its Dockerfile's labels do not validate (``problem`` says why)
     image: str  # "yes" | "no" | "?" (no Docker daemon)
-    weights: str  # "yes" | "no"
+    weights: str  # "yes" | "no" | "" (no spec)
+    problem: str = ""
 
 
 def _built_images() -> set[str] | None:
@@ -38,8 +41,12 @@ def zoo_status(pattern: str = "*") -> tuple[list[ZooEntry], str]:
     tags = _built_images()
     entries = []
     for name in list_models(pattern):
-        spec = get_spec(name)
         image = "?" if tags is None else ("yes" if local_tag(name) in tags else "no")
-        entries.append(ZooEntry(spec, image, "yes" if cached_weights(spec) else "no"))
+        try:
+            spec = get_spec(name)
+        except SpecError as exc:  # one bad Dockerfile is one flagged row, not a failed listing
+            entries.append(ZooEntry(name, None, image, "", exc.message.split("invalid model spec: ", 1)[-1]))
+            continue
+        entries.append(ZooEntry(name, spec, image, "yes" if cached_weights(spec) else "no"))
     note = "image '?': no Docker daemon answered (start one, or set DOCKER_HOST)" if tags is None else ""
     return entries, note

@@ -19,6 +19,7 @@ from harness.errors import ResultsError
 from harness.report import plots
 from harness.report.leaderboard import Leaderboard, build_leaderboard
 from harness.report.published import SOURCE, cell_count
+from harness.report.roi import RANK_METRIC, build_roi_entries, roi_columns
 from harness.results.store import read_rows
 from harness.util.atomic import atomic_write_text
 
@@ -45,6 +46,16 @@ def write_csv(board: Leaderboard, out: Path) -> Path:
     return out
 
 
+def _rank_pivot(board: Leaderboard) -> tuple[list[str], list[tuple[str, str, bool, dict[str, str]]]]:
+    """Average ranks per strategy as one table: (strategies, [(model, preset, random, {strategy: "rank (datasets)"})])."""
+    strategies = sorted({r.strategy for r in board.ranks if r.strategy != "all"})
+    cells: dict[tuple[str, str, bool], dict[str, str]] = {}
+    for r in board.ranks:
+        if r.strategy != "all":
+            cells.setdefault((r.model, r.preset, r.random), {})[r.strategy] = f"{r.average_rank:.2f} ({r.datasets})"
+    return strategies, [(m, p, rnd, v) for (m, p, rnd), v in sorted(cells.items(), key=lambda kv: (kv[0][2], kv[0][1], kv[0][0]))]
+
+
 def _inline_png(path: Path) -> str:
     return "data:image/png;base64," + base64.b64encode(path.read_bytes()).decode()
 
@@ -60,19 +71,21 @@ def build_report(results_dir: Path | None = None, out_dir: Path = Path("report")
     if not rows:
         raise ResultsError("there are no result rows to report on", "run 'pfmbench bench' first (or pass --results-dir)")
     board = build_leaderboard(rows, metric)
+    roi = build_roi_entries(rows)
     out_dir.mkdir(parents=True, exist_ok=True)
-    pngs = [plots.heatmap(board, out_dir / "heatmap.png"), plots.strategy_comparison(board, out_dir / "strategies.png")]
-    delta = plots.published_delta(board, out_dir / "published_delta.png")
-    if delta is None:
-        (out_dir / "published_delta.png").unlink(missing_ok=True)  # a stale one from an earlier report would mislead
-    else:
+    pngs = [plots.heatmap(board, out_dir / "heatmap.png"), plots.strategy_comparison(board, out_dir / "strategies.png")] if board.entries else []
+    delta = plots.published_delta(board, out_dir / "published_delta.png") if board.entries else None
+    for stale in {"heatmap", "strategies", "published_delta"} - {p.stem for p in pngs} - ({"published_delta"} if delta else set()):
+        (out_dir / f"{stale}.png").unlink(missing_ok=True)  # one from an earlier report would mislead
+    if delta is not None:
         pngs.append(delta)
     csv_path = write_csv(board, out_dir / "leaderboard.csv")
     env = Environment(loader=PackageLoader("harness.report", "templates"), autoescape=select_autoescape(["html"]))
     page = env.get_template("report.html.j2").render(
         board=board, groups=board.groups(), figures={p.stem: _inline_png(p) for p in pngs}, source=SOURCE, published_cells=cell_count(),
         n_rows=len(rows), version=__version__, generated=datetime.now(UTC).strftime("%Y-%m-%d %H:%M UTC"),
-        n_random=sum(e.random for e in board.entries),
+        n_random=sum(e.random for e in board.entries), roi=roi, roi_columns=roi_columns(roi), rank_metric=RANK_METRIC,
+        overall=[r for r in board.ranks if r.strategy == "all"], by_strategy=_rank_pivot(board),
     )
     html = out_dir / "report.html"
     atomic_write_text(html, page)

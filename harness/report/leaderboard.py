@@ -38,6 +38,10 @@ class Entry:
     rank: float | None = None
     published: PublishedValue | None = None
     note: str = ""
+    #: How the run was made (epochs, input size, preset, decoder, inference, engine): a 2-epoch 112 px row must not pass for a standard one.
+    context: str = ""
+    #: (class name, mean per-class Dice over the seeds) in the card's order; None where a class was absent from every test split.
+    per_class: list[tuple[str, float | None]] = field(default_factory=list)
 
     @property
     def random(self) -> bool:
@@ -50,6 +54,19 @@ class Entry:
     @property
     def within_published_ci(self) -> bool | None:
         return None if self.published is None else self.published.ci_low <= self.value <= self.published.ci_high
+
+    @property
+    def delta_ci_units(self) -> float | None:
+        """The difference to the published value in units of the published CI on that side (|x| <= 1: inside it).
+
+        Bootstrap CIs are not symmetric: a value above the mean is measured against
+        ``ci_high - mean``, one below against ``mean - ci_low``.
+        """
+        if self.published is None or self.delta is None:
+            return None
+        p = self.published
+        half = p.ci_high - p.mean if self.delta >= 0 else p.mean - p.ci_low
+        return None if half <= 0 else self.delta / half
 
 
 @dataclass
@@ -114,7 +131,8 @@ def build_leaderboard(rows: list[dict], metric: str = "mDice", keys: dict[str, d
         def mean(col: str, group: list[dict] = group) -> float:
             return sum(float(g[col]) for g in group) / len(group)
 
-        e = Entry(dataset, strategy, preset, model, weights, len(group), mean(metric), mean(f"{metric}_ci_low"), mean(f"{metric}_ci_high"))
+        e = Entry(dataset, strategy, preset, model, weights, len(group), mean(metric), mean(f"{metric}_ci_low"), mean(f"{metric}_ci_high"),
+                  context=run_context(group[0]), per_class=per_class_means(group, "per_class_dice"))
         ref_model, ref_dataset = keys["models"].get(model), keys["datasets"].get(dataset)
         if not e.random:
             e.published = published(strategy, ref_dataset, ref_model, metric)
@@ -130,6 +148,25 @@ def build_leaderboard(rows: list[dict], metric: str = "mDice", keys: dict[str, d
             e.rank = rank
     board.ranks = _model_ranks(entries)
     return board
+
+
+def run_context(row: dict) -> str:
+    """One line saying how a row was made: ``2 ep, 96 px, densebench, transunet, resize, torch``."""
+    parts = [f"{row.get('epochs')} ep", f"{row.get('input_size')} px", str(row.get("preset"))]
+    parts += [str(row[k]) for k in ("decoder", "inference", "engine") if row.get(k)]
+    if row.get("device") and row["device"] != "cpu":
+        parts.append(f"{row['device']} {row.get('precision') or ''}".strip())
+    return ", ".join(parts)
+
+
+def per_class_means(group: list[dict], column: str) -> list[tuple[str, float | None]]:
+    """(class, mean over the group's rows) for a per-class column; None where no row has a value for that class."""
+    names = list(group[0].get("class_names") or [])
+    out = []
+    for i, name in enumerate(names):
+        values = [float(v[i]) for r in group if (v := r.get(column)) is not None and i < len(v) and v[i] is not None]
+        out.append((name, sum(values) / len(values) if values else None))
+    return out
 
 
 def _model_ranks(entries: list[Entry]) -> list[ModelRank]:

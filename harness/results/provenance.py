@@ -79,6 +79,32 @@ def row_provenance(wall_s: float, device: str = "cpu", precision: str | None = "
     }
 
 
+def dockerfile_state(model: str) -> dict[str, object]:
+    """The model's Dockerfile as this run read it: its hash, and whether git has it committed unchanged.
+
+    ``git_commit``'s ``-dirty`` ignores untracked files, and a new model's Dockerfile is
+    untracked until its author commits it: a row from it must say so itself.
+    """
+    import hashlib
+
+    path = constants.MODELS_DIR / model / "Dockerfile"
+    try:
+        sha = hashlib.sha256(path.read_bytes()).hexdigest()[:16]
+    except OSError:
+        return {"model_dockerfile_sha256": None, "model_dockerfile_committed": None}
+    committed: bool | None = None
+    try:
+        status = subprocess.run(["git", "status", "--porcelain", "--", path.name], cwd=path.parent, capture_output=True, text=True, timeout=5)
+        if status.returncode == 0:
+            committed = status.stdout.strip() == ""  # "??" untracked, " M" edited, "A " staged only
+            if committed:  # clean could also mean ignored: it must be tracked
+                committed = subprocess.run(["git", "ls-files", "--error-unmatch", "--", path.name], cwd=path.parent,
+                                           capture_output=True, timeout=5).returncode == 0
+    except (OSError, subprocess.TimeoutExpired):
+        pass
+    return {"model_dockerfile_sha256": sha, "model_dockerfile_committed": committed}
+
+
 def row_identity(cfg: Any, spec: Any, card: Any, weights_label: str, key: str | None, digest: str | None) -> dict[str, object]:
     """The columns that say what ran, shared by every task: ids, model, weights, dataset, configuration."""
     from harness.config import run_key
@@ -89,6 +115,7 @@ def row_identity(cfg: Any, spec: Any, card: Any, weights_label: str, key: str | 
         "created_at": datetime.now(UTC).replace(tzinfo=None),  # naive UTC: DuckDB reads it without pytz
         "model": spec.name,
         "model_spec_hash": spec.spec_hash(),
+        **dockerfile_state(spec.name),
         "weights": weights_label,
         "weights_init_seed": cfg.init_seed if weights_label == "random" else None,
         "dataset": card.name,

@@ -12,7 +12,7 @@ from datetime import datetime
 
 from pydantic import BaseModel, ConfigDict
 
-SCHEMA_VERSION = 5
+SCHEMA_VERSION = 6
 
 #: Row tasks: dense segmentation, and GPFM's ROI tasks on the frozen CLS (linear probe, kNN).
 TASKS = ("segmentation", "roi-linear", "roi-knn")
@@ -114,6 +114,10 @@ class ResultRow(BaseModel):
     gpu_driver: str | None = None
     cuda_version: str | None = None
     torch_version: str | None = None
-    precision: str | None = None  # the backbone's: fp32 on a CPU; bf16-autocast (extraction) or fp16-amp (training job) on a GPU
+    precision: str | None = None  # the backbone's: fp32 on a CPU; fp16-/bf16-autocast (extraction) or fp16-amp (training job) on a GPU
+    #: sha256 (16 hex) of the model's Dockerfile as the run read it, and whether that file is committed
+    #: unchanged in git (False: untracked or edited; None: not in a git checkout). Schema 6; older rows: null.
+    model_dockerfile_sha256: str | None = None
+    model_dockerfile_committed: bool | None = None
     wall_time_s: float
     peak_rss_mb: float

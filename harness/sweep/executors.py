@@ -21,6 +21,7 @@ import logging
 import os
 import subprocess
 import sys
+import threading
 import time
 from collections import deque
 from concurrent.futures import FIRST_COMPLETED, Future, ThreadPoolExecutor
@@ -32,7 +33,7 @@ from harness import constants
 from harness.config import extract_dtype
 from harness.results.schema import ResultRow
 from harness.sweep.grid import Job
-from harness.util.procgroup import spawn_group, stop_group
+from harness.util.procgroup import spawn_group, stop_group, stop_groups
 
 ROW_PREFIX = "@pfmbench-row "
 
@@ -175,6 +176,10 @@ class LocalExecutor:
         self.pending.append(job)
         self._dispatch()
 
+    def running(self) -> set[str]:
+        """Run keys of the jobs whose process has started (the rest wait for a slot or a GPU)."""
+        return {job.run_key for job in self.futures.values()}
+
     def wait(self, timeout_s: float) -> list[tuple[Job, Attempt]]:
         out, self.unstarted = self.unstarted, []
         if self.futures:
@@ -198,13 +203,20 @@ class LocalExecutor:
             self.servers.pop(key).stop()  # type: ignore[attr-defined]
 
     def close(self) -> None:
-        """Stop what still runs (an interrupted sweep: Ctrl-C), then the shared servers. Finished rows are already stored."""
+        """Stop what still runs (an interrupted sweep: Ctrl-C) and the shared servers, all at once. Finished rows are already stored.
+
+        Jobs and servers shut down side by side (a Triton server takes a few seconds to stop
+        cleanly), so Ctrl-C ends in about one grace period however many there are.
+        """
         self.pending.clear()
-        for proc in list(self.live):
-            stop_group(proc, grace_s=5.0)
+        servers, self.servers = list(self.servers.values()), {}
+        stoppers = [threading.Thread(target=server.stop, name="stop-server") for server in servers]  # type: ignore[attr-defined]
+        for t in stoppers:
+            t.start()
+        stop_groups(list(self.live), grace_s=5.0)
         self.pool.shutdown(wait=True, cancel_futures=True)
-        for model in {key[0] for key in self.servers}:
-            self.model_done(model)
+        for t in stoppers:
+            t.join()
 
 
 class RayExecutor:
@@ -237,6 +249,10 @@ class RayExecutor:
     def submit(self, job: Job) -> None:
         ref = self.remote.remote(job_command(job, self.results_dir, self.data_dir), None, self.timeout_s)
         self.refs[ref] = job
+
+    def running(self) -> set[str]:
+        """Run keys of the tasks Ray has submitted (it does not say cheaply which of them a worker has begun)."""
+        return {job.run_key for job in self.refs.values()}
 
     def wait(self, timeout_s: float) -> list[tuple[Job, Attempt]]:
         if not self.refs:

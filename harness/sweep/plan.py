@@ -14,9 +14,12 @@ Backbone passes per image: ``frozen`` one forward of every image (features extra
 once); ``cnn_adapter`` and ``transformer_adapter`` one forward per train/val image per
 epoch (the backbone runs without gradients) plus the test forward; ``lora``, ``dora`` and
 ``full`` three forward-equivalents per train image per epoch (forward and backward
-through the backbone), one per val image per epoch, plus test. Decoder cost, data
-loading and slide inference are not counted: the estimate is a floor for
-backbone-bound grids.
+through the backbone), one per val image per epoch, plus test. The decoder trains in
+every job: its FLOPs (counted on the meta device at the job's token grid) times three per
+train image and one per val image, per epoch, are added in backbone forward-equivalents.
+A card that states no file count makes its jobs cost 0 images: the plan names them
+(``unknown_counts``) rather than adding a silent zero. Data loading and slide inference
+are not counted: the estimate is a floor.
 """
 
 from __future__ import annotations
@@ -39,8 +42,9 @@ class JobEstimate:
     label: str
     strategy: str
     images: int
-    forwards: int  # forward-equivalents through the backbone
+    forwards: int  # forward-equivalents through the backbone (the decoder's training included)
     hours: float
+    count_known: bool = True  # False: the card states no file count, so ``images`` is 0, not a measurement
 
 
 @dataclass
@@ -61,6 +65,11 @@ class SweepEstimate:
             out.setdefault(j.strategy, []).append(j)
         return out
 
+    @property
+    def unknown_counts(self) -> list[str]:
+        """The jobs whose card states no file count: their cost is missing from the totals."""
+        return [j.label for j in self.jobs if not j.count_known]
+
     def most_expensive(self, n: int = 10) -> list[JobEstimate]:
         return sorted(self.jobs, key=lambda j: -j.hours)[:n]
 
@@ -70,6 +79,23 @@ def _flops(model: str, size: int) -> float:
     from harness.perf.zoo import count_flops
 
     return count_flops(model, size)
+
+
+@cache
+def _decoder_flops(decoder: str, embed_dim: int, n_blocks: int, num_classes: int, patch_size: int, size: int) -> float:
+    """FLOPs of one image through the decoder at ``size`` px (its token grid), counted on the meta device."""
+    import torch
+    from torch.utils.flop_counter import FlopCounterMode
+
+    from harness.adapt.decoders import build_decoder
+
+    grid = size // patch_size
+    with torch.device("meta"):
+        head = build_decoder(decoder, embed_dim, n_blocks, num_classes, patch_size)
+        counter = FlopCounterMode(display=False)
+        with counter:
+            head(torch.empty(1, n_blocks, grid, grid, embed_dim))
+    return float(counter.get_total_flops())
 
 
 def _seconds_per_image(job: Job, size: int, perf: dict[str, dict] | None) -> float:
@@ -85,16 +111,18 @@ def estimate_job(job: Job, perf: dict[str, dict] | None) -> JobEstimate:
     from harness.data.cards import get_card
     from harness.models.spec import get_spec
 
+    from harness.models.spec import resolve_blocks
+
     card, spec = get_card(job.config.dataset), get_spec(job.model)
     n = card.expected.files or 0
     train, val, test = (round(n * r) for r in card.split.ratios)
     size = job.config.input_size or card.input_size.for_patch(spec.patch_size)
     cfg = job.config
-    if cfg.strategy == "frozen":
-        forwards = n
-    else:
-        forwards = round(cfg.epochs * (train * _TRAIN_PASSES[cfg.strategy] + val) + test)
-    return JobEstimate(job.label, cfg.strategy, n, forwards, forwards * _seconds_per_image(job, size, perf) / 3600)
+    backbone = n if cfg.strategy == "frozen" else cfg.epochs * (train * _TRAIN_PASSES[cfg.strategy] + val) + test
+    n_blocks = len(resolve_blocks(cfg.blocks or spec.blocks, spec.depth))
+    decoder = _decoder_flops(cfg.decoder, spec.embed_dim, n_blocks, card.num_classes, spec.patch_size, size) / _flops(job.model, size)
+    forwards = round(backbone + decoder * cfg.epochs * (3 * train + val))
+    return JobEstimate(job.label, cfg.strategy, n, forwards, forwards * _seconds_per_image(job, size, perf) / 3600, card.expected.files is not None)
 
 
 def plan_sweep(spec: SweepSpec, perf_json: Path | None = None, devices: int = 1, overhead_s: float = JOB_OVERHEAD_S) -> SweepEstimate:

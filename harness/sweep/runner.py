@@ -36,7 +36,7 @@ from harness.sweep.grid import Job, SweepSpec, expand
 @dataclass
 class JobState:
     job: Job
-    status: str = "queued"  # queued | skipped | running | done | failed
+    status: str = "queued"  # queued (submitted, waiting for a slot) | skipped | running (its process started) | done | failed | interrupted
     attempts: int = 0
     reason: str = ""
     wall_s: float = 0.0
@@ -105,11 +105,14 @@ def run_sweep(spec: SweepSpec, executor, results_dir: Path | None = None,
     try:
         for s in todo:
             _submit(executor, s, events, failed_to_start)
+        _mark_started(states, executor.running(), events)
         notify(states)
-        while any(s.status == "running" for s in states):
+        while any(s.status in ("queued", "running") for s in states):
             finished, failed_to_start[:] = failed_to_start + executor.wait(poll_s), []
             for job, attempt in finished:
                 s = by_key[job.run_key]
+                if s.status == "queued":  # it started and ended between two looks
+                    _mark_started([s], {job.run_key}, events)
                 s.wall_s += attempt.wall_s
                 if attempt.ok:
                     t0 = time.perf_counter()
@@ -130,18 +133,42 @@ def run_sweep(spec: SweepSpec, executor, results_dir: Path | None = None,
                     remaining[job.model] -= 1
                     if remaining[job.model] == 0:
                         executor.model_done(job.model)
+            _mark_started(states, executor.running(), events)
             notify(states)
+    except KeyboardInterrupt:
+        for s in states:
+            if s.status in ("queued", "running"):
+                events(s, "interrupted", was=s.status)
+                s.status = "interrupted"
+        notify(states)
+        raise SweepInterrupted(SweepResult(spec.sweep_id(), states, time.perf_counter() - started, events.path, {})) from None
     finally:
         executor.close()
     overhead = {"result_write_s": sum(write_s) / len(write_s)} if write_s else {}
     return SweepResult(spec.sweep_id(), states, time.perf_counter() - started, events.path, overhead)
 
 
+class SweepInterrupted(KeyboardInterrupt):
+    """Ctrl-C: the executor has stopped every job; ``result`` holds the states, unfinished ones ``interrupted``."""
+
+    def __init__(self, result: SweepResult) -> None:
+        super().__init__()
+        self.result = result
+
+
+def _mark_started(states: list[JobState], running: set[str], events: _Events) -> None:
+    """Queued jobs whose process the executor has started are ``running`` from now (one ``started`` event each attempt)."""
+    for s in states:
+        if s.status == "queued" and s.job.run_key in running:
+            s.status = "running"
+            events(s, "started", attempt=s.attempts)
+
+
 def _submit(executor, state: JobState, events: _Events, failed: list[tuple[Job, Attempt]]) -> None:
     state.attempts += 1
-    state.status = "running"
+    state.status = "queued"
     state.submitted = time.monotonic()
-    events(state, "started")
+    events(state, "queued", attempt=state.attempts)
     try:
         executor.submit(state.job)
     except Exception as exc:

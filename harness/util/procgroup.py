@@ -93,6 +93,19 @@ def stop_group(proc: subprocess.Popen, grace_s: float = 15.0) -> None:
     wait_until_group_is_gone(pgid)
 
 
+def stop_groups(procs: list[subprocess.Popen], grace_s: float = 15.0) -> None:
+    """:func:`stop_group` for several groups at once: every leader gets SIGTERM first, so the grace periods run together."""
+    for proc in procs:
+        if proc.poll() is None:
+            try:
+                os.killpg(proc.pid, signal.SIGTERM)
+            except ProcessLookupError:
+                pass
+    deadline = time.monotonic() + grace_s
+    for proc in procs:
+        stop_group(proc, grace_s=max(0.0, deadline - time.monotonic()))
+
+
 def wait_until_group_is_gone(pgid: int, timeout_s: float = 10.0, but: int | None = None) -> None:
     """Return once no live process is left in ``pgid``.
 

@@ -76,9 +76,17 @@ class TokenExtractor(nn.Module, abc.ABC):
         """Per requested block: a ``[B, h, w, D]`` grid and the ``[B, P, D]`` prefix tokens (CLS first)."""
 
 
+class TokenCountError(ValueError):
+    """A token sequence longer or shorter than the spec's prefix plus the patch grid: ``prefix-tokens`` is wrong (``models check`` reads ``found``)."""
+
+    def __init__(self, found: int, prefix: int, h: int, w: int) -> None:
+        self.found, self.prefix, self.h, self.w = found, prefix, h, w
+        super().__init__(f"token sequence has {found} tokens; expected {prefix} prefix + {h}x{w} patches")
+
+
 def tokens_to_grid(seq: torch.Tensor, prefix: int, h: int, w: int) -> tuple[torch.Tensor, torch.Tensor]:
     """Split a normed token sequence ``[B, prefix + h*w, D]`` into grid and prefix tokens."""
     b, n, d = seq.shape
     if n != prefix + h * w:
-        raise ValueError(f"token sequence has {n} tokens; expected {prefix} prefix + {h}x{w} patches")
+        raise TokenCountError(n, prefix, h, w)
     return seq[:, prefix:].reshape(b, h, w, d), seq[:, :prefix]

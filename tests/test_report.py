@@ -17,8 +17,8 @@ import pytest
 from PIL import Image
 
 from harness.report.html import build_report
-from harness.report.leaderboard import average_ranks
-from harness.report.published import CSV_PATH, published
+from harness.report.published import CSV_PATH, published, published_ranks
+from harness.report.ranks import average_ranks
 from harness.results.schema import ResultRow
 from harness.results.store import write_row
 
@@ -91,6 +91,15 @@ def test_the_shipped_published_numbers_are_the_reference_files():
     assert np.mean([float(r["mDice"]) for r in rows if r["strategy"] == "frozen"]) == pytest.approx(0.6590, abs=5e-5)
     assert published("cnn_adapter", "GlaS", "uni_v1").mean == _published_csv("cnn", "GlaS", "uni_v1")
     assert published("full", "GlaS", "uni_v1") is None  # the reference published no full fine-tuning
+    # the baseline view's average ranks: 17 models on each of 18 datasets, so each strategy's ranks average (17 + 1) / 2
+    ranks = published_ranks("mDice")
+    assert len(ranks) == 17 and all(len(by) == 5 for by in ranks.values())
+    for strategy in ("frozen", "lora", "dora", "cnn_adapter", "transformer_adapter"):
+        assert np.mean([by[strategy] for by in ranks.values()]) == pytest.approx(9.0)
+    # recomputed from the CSV for one model: its frozen rank on each dataset, averaged
+    frozen = [r for r in rows if r["strategy"] == "frozen"]
+    own = [1 + sum(float(o["mDice"]) > float(r["mDice"]) for o in frozen if o["dataset"] == r["dataset"]) for r in frozen if r["model"] == "uni_v1"]
+    assert ranks["uni_v1"]["frozen"] == pytest.approx(np.mean(own), abs=0.03)  # ties share their mean rank
 
 
 @pytest.fixture
@@ -133,7 +142,7 @@ def test_leaderboard_ranks_seeds_and_published_deltas(store, tmp_path):
     for png in files.pngs:
         img = np.asarray(Image.open(png).convert("L"))
         assert img.shape[0] > 100 and img.std() > 10, png  # a real figure, not a blank canvas
-    assert sorted(p.name for p in files.pngs) == ["heatmap.png", "published_delta.png", "strategies.png"]
+    assert sorted(p.name for p in files.pngs) == ["heatmap.png", "published.png", "published_delta.png", "strategies.png"]
 
 
 def _chromium() -> str | None:
@@ -155,7 +164,10 @@ def test_html_report_renders_its_tables_in_headless_chromium(store, tmp_path):
     assert dom.returncode == 0, dom.stderr[-2000:]
     tables = re.findall(r'<table class="leaderboard" data-dataset="([^"]+)" data-strategy="([^"]+)"', dom.stdout)
     assert sorted(tables) == [("ebhi", "cnn_adapter"), ("glas", "frozen"), ("glas", "lora"), ("nuclei-sample", "frozen")]
-    assert dom.stdout.count('<img alt="') == 3 and "not compared" in dom.stdout and 'id="ranks"' in dom.stdout
+    assert dom.stdout.count('<img alt="') == 4 and "not compared" in dom.stdout and 'id="ranks"' in dom.stdout
+    # the published leaderboard is the baseline view: 17 models ranked over the 18 datasets, per strategy
+    published = dom.stdout.split('id="published-ranks"')[1].split("</table>")[0]
+    assert published.count("<tr>") == 1 + 17 and ">uni_v1<" in published and "No rows of yours yet" not in dom.stdout
     # the ROI rows have their own section, with their own metrics, ranks and run context
     roi = re.findall(r'<table class="roi" data-dataset="([^"]+)" data-task="([^"]+)"', dom.stdout)
     assert sorted(roi) == [("roi-sample", "roi-knn"), ("roi-sample", "roi-linear")]
@@ -178,7 +190,11 @@ def test_html_report_renders_its_tables_in_headless_chromium(store, tmp_path):
 
 
 def test_report_cli_errors_are_one_line(tmp_path):
-    empty = subprocess.run([sys.executable, "-m", "harness.cli", "report", "--results-dir", str(tmp_path / "none")], capture_output=True, text=True)
-    assert empty.returncode == 1 and "no result rows" in empty.stderr and "pfmbench bench" in empty.stderr and "Traceback" not in empty.stderr
+    # no rows yet: the page still shows the published leaderboard, the baseline a first row is read against
+    empty = subprocess.run([sys.executable, "-m", "harness.cli", "report", "--results-dir", str(tmp_path / "none"), "--out", str(tmp_path / "r")],
+                           capture_output=True, text=True)
+    assert empty.returncode == 0 and "no segmentation rows of yours" in empty.stdout and "pfmbench bench" in empty.stdout, empty.stderr
+    page = (tmp_path / "r" / "report.html").read_text()
+    assert "No rows of yours yet" in page and 'id="published-ranks"' in page and 'alt="published"' in page and 'class="leaderboard"' not in page
     bad = subprocess.run([sys.executable, "-m", "harness.cli", "report", "--metric", "F1"], capture_output=True, text=True)
     assert bad.returncode == 1 and "unknown metric 'F1'" in bad.stderr

@@ -21,11 +21,16 @@ def report(
     """Leaderboard per dataset and strategy with CIs and average ranks, figures, and the difference to published numbers.
 
     Rows with untrained (random) weights are marked and never compared to published numbers.
+    ROI rows (GPFM's linear probe and kNN) get a section of their own. With no rows yet, the
+    page shows the published PFM-DenseBench leaderboard, the baseline to read a first row against.
     """
     from harness.report.html import build_report
 
     files = build_report(results_dir, out_dir, metric)
     board = files.board
+    if not board.entries:
+        out.print(f"no segmentation rows of yours in {results_dir or 'results'} yet: {files.html} shows the published leaderboard "
+                  "(run pfmbench bench, then report again)")
     t = Table(title=f"average rank by {metric} (1 = best; random-weight entries ranked among themselves)")
     for col in ("model", "strategy", "preset", "weights", "avg rank", "datasets"):
         t.add_column(col, justify="right" if col in ("avg rank", "datasets") else "left")

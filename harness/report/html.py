@@ -15,10 +15,9 @@ from pathlib import Path
 from jinja2 import Environment, PackageLoader, select_autoescape
 
 from harness import __version__
-from harness.errors import ResultsError
 from harness.report import plots
 from harness.report.leaderboard import Leaderboard, build_leaderboard
-from harness.report.published import SOURCE, cell_count
+from harness.report.published import SOURCE, STRATEGY_NAMES, cell_count, published_ranks
 from harness.report.roi import RANK_METRIC, build_roi_entries, roi_columns
 from harness.results.store import read_rows
 from harness.util.atomic import atomic_write_text
@@ -61,15 +60,17 @@ def _inline_png(path: Path) -> str:
 
 
 def build_report(results_dir: Path | None = None, out_dir: Path = Path("report"), metric: str = "mDice") -> ReportFiles:
-    """Read every row, rank, compare, plot; write ``report.html``, ``leaderboard.csv`` and the PNGs to ``out_dir``."""
+    """Read every row, rank, compare, plot; write ``report.html``, ``leaderboard.csv`` and the PNGs to ``out_dir``.
+
+    With no rows yet the page still shows the published PFM-DenseBench leaderboard (its
+    heatmap and average ranks): the baseline a first row of ours will be read against.
+    """
     from harness.errors import ConfigError
     from harness.report.published import METRIC_NAMES
 
     if metric not in METRIC_NAMES:
         raise ConfigError(f"unknown metric '{metric}'", f"use one of {', '.join(METRIC_NAMES)}")
-    rows = read_rows(results_dir)
-    if not rows:
-        raise ResultsError("there are no result rows to report on", "run 'pfmbench bench' first (or pass --results-dir)")
+    rows = read_rows(results_dir) if results_dir is None or results_dir.is_dir() else []
     board = build_leaderboard(rows, metric)
     roi = build_roi_entries(rows)
     out_dir.mkdir(parents=True, exist_ok=True)
@@ -79,6 +80,7 @@ def build_report(results_dir: Path | None = None, out_dir: Path = Path("report")
         (out_dir / f"{stale}.png").unlink(missing_ok=True)  # one from an earlier report would mislead
     if delta is not None:
         pngs.append(delta)
+    baseline = plots.published_heatmap(metric, out_dir / "published.png")
     csv_path = write_csv(board, out_dir / "leaderboard.csv")
     env = Environment(loader=PackageLoader("harness.report", "templates"), autoescape=select_autoescape(["html"]))
     page = env.get_template("report.html.j2").render(
@@ -86,7 +88,8 @@ def build_report(results_dir: Path | None = None, out_dir: Path = Path("report")
         n_rows=len(rows), version=__version__, generated=datetime.now(UTC).strftime("%Y-%m-%d %H:%M UTC"),
         n_random=sum(e.random for e in board.entries), roi=roi, roi_columns=roi_columns(roi), rank_metric=RANK_METRIC,
         overall=[r for r in board.ranks if r.strategy == "all"], by_strategy=_rank_pivot(board),
+        published_ranks=published_ranks(metric), published_strategies=list(STRATEGY_NAMES), baseline=_inline_png(baseline),
     )
     html = out_dir / "report.html"
     atomic_write_text(html, page)
-    return ReportFiles(html, csv_path, pngs, board)
+    return ReportFiles(html, csv_path, [*pngs, baseline], board)

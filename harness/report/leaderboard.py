@@ -19,6 +19,7 @@ from collections import defaultdict
 from dataclasses import dataclass, field
 
 from harness.report.published import PublishedValue, published
+from harness.report.ranks import average_ranks
 
 #: Models whose attention the reference's LoRA/DoRA did not wrap (its published LoRA/DoRA cells are frozen runs).
 REFERENCE_UNWRAPPED = {"phikon", "phikon_v2", "hibou_l", "midnight12k", "musk", "PathOrchestra"}
@@ -95,21 +96,6 @@ class Leaderboard:
     @property
     def compared(self) -> list[Entry]:
         return [e for e in self.entries if e.published is not None]
-
-
-def average_ranks(values: list[float]) -> list[float]:
-    """Rank 1 = highest value; tied values share the mean of their positions."""
-    order = sorted(range(len(values)), key=lambda i: -values[i])
-    ranks = [0.0] * len(values)
-    i = 0
-    while i < len(order):
-        j = i
-        while j + 1 < len(order) and values[order[j + 1]] == values[order[i]]:
-            j += 1
-        for k in range(i, j + 1):
-            ranks[order[k]] = (i + j) / 2 + 1
-        i = j + 1
-    return ranks
 
 
 def build_leaderboard(rows: list[dict], metric: str = "mDice", keys: dict[str, dict[str, str | None]] | None = None) -> Leaderboard:

@@ -60,6 +60,35 @@ def cell_count() -> int:
     return len(_table())
 
 
+def published_grid(strategy: str = "frozen", metric: str = "mDice") -> tuple[list[str], list[str], dict[tuple[str, str], PublishedValue]]:
+    """The published cells of one strategy in the reference's names: (models, datasets, {(model, dataset): value})."""
+    ref = STRATEGY_NAMES[strategy]
+    cells = {(m, d): PublishedValue(float(r[metric]), float(r[f"{metric}_ci_low"]), float(r[f"{metric}_ci_high"]))
+             for (s, d, m), r in _table().items() if s == ref}
+    return sorted({m for m, _ in cells}), sorted({d for _, d in cells}), cells
+
+
+def published_ranks(metric: str = "mDice") -> dict[str, dict[str, float]]:
+    """The published leaderboard's average ranks: model -> {strategy: mean over datasets of its rank in that (strategy, dataset)}.
+
+    Ranked as our own entries are (1 = best, ties share the average rank).
+    """
+    from harness.report.ranks import average_ranks
+
+    out: dict[str, dict[str, float]] = {}
+    for strategy in STRATEGY_NAMES:
+        models, datasets, cells = published_grid(strategy, metric)
+        per_model: dict[str, list[float]] = {m: [] for m in models}
+        for d in datasets:
+            here = [m for m in models if (m, d) in cells]
+            for m, rank in zip(here, average_ranks([cells[(m, d)].mean for m in here])):
+                per_model[m].append(rank)
+        for m, ranks in per_model.items():
+            if ranks:
+                out.setdefault(m, {})[strategy] = sum(ranks) / len(ranks)
+    return dict(sorted(out.items(), key=lambda kv: sum(kv[1].values()) / len(kv[1])))
+
+
 def convert(source_dir: Path, out: Path = CSV_PATH) -> int:
     """Write the CSV from the website's ``<strategy>.json`` files; returns the number of cells."""
     rows = []

@@ -11,7 +11,8 @@ from __future__ import annotations
 from collections import defaultdict
 from dataclasses import dataclass, field
 
-from harness.report.leaderboard import average_ranks, per_class_means, run_context
+from harness.report.leaderboard import per_class_means, run_context
+from harness.report.ranks import average_ranks
 from harness.results.schema import ROI_METRICS, TOPK_METRICS
 
 #: What ranks a task's entries: the linear probe's headline metric, and kNN retrieval's.

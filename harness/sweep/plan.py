@@ -109,9 +109,7 @@ def _seconds_per_image(job: Job, size: int, perf: dict[str, dict] | None) -> flo
 
 def estimate_job(job: Job, perf: dict[str, dict] | None) -> JobEstimate:
     from harness.data.cards import get_card
-    from harness.models.spec import get_spec
-
-    from harness.models.spec import resolve_blocks
+    from harness.models.spec import get_spec, resolve_blocks
 
     card, spec = get_card(job.config.dataset), get_spec(job.model)
     n = card.expected.files or 0

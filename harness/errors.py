@@ -180,3 +180,11 @@ class TrainJobError(PfmbenchError):
         super().__init__(f"training job ({where}) exited with status {returncode}: {last}",
                          "read the job log above; the same command resumes from the last checkpoint")
         self.where, self.returncode, self.tail = where, returncode, tail
+
+
+class TokenCountError(ValueError):
+    """A token sequence longer or shorter than the spec's prefix plus the patch grid: ``prefix-tokens`` is wrong (``models check`` reads ``found``)."""
+
+    def __init__(self, found: int, prefix: int, h: int, w: int) -> None:
+        self.found, self.prefix, self.h, self.w = found, prefix, h, w
+        super().__init__(f"token sequence has {found} tokens; expected {prefix} prefix + {h}x{w} patches")

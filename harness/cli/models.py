@@ -35,7 +35,7 @@ def models(ctx: typer.Context, pattern: Annotated[str, typer.Option(help="Glob f
     out.print(t)
     for r in rows:
         if r.spec is None:
-            out.print(f"[red]{r.name}[/red]: {r.problem} (fix: pfmbench models show {r.name} says the same; docs/adding-a-model.md)")
+            out.print(f"[red]{r.name}[/red]: {r.problem} (fix: pfmbench models show {r.name} says the same; models/README.md)")
     if note:
         out.print(f"[dim]{note}[/dim]")
 

@@ -18,7 +18,7 @@ import torch
 from torch import nn
 
 from harness.models.builders import build_backbone, build_extractor
-from harness.models.builders.base import TokenCountError
+from harness.errors import TokenCountError
 from harness.models.spec import ModelSpec, get_spec, label_key
 
 #: Where each library keeps a ViT's blocks (the first that exists is counted); a Swin's stages.

@@ -18,6 +18,7 @@ import numpy as np
 import torch
 from torch import nn
 
+from harness.errors import TokenCountError
 from harness.models.spec import ModelSpec, resolve_blocks
 
 
@@ -74,14 +75,6 @@ class TokenExtractor(nn.Module, abc.ABC):
     @abc.abstractmethod
     def _tokens(self, x: torch.Tensor, blocks: tuple[int, ...]) -> tuple[list[torch.Tensor], list[torch.Tensor]]:
         """Per requested block: a ``[B, h, w, D]`` grid and the ``[B, P, D]`` prefix tokens (CLS first)."""
-
-
-class TokenCountError(ValueError):
-    """A token sequence longer or shorter than the spec's prefix plus the patch grid: ``prefix-tokens`` is wrong (``models check`` reads ``found``)."""
-
-    def __init__(self, found: int, prefix: int, h: int, w: int) -> None:
-        self.found, self.prefix, self.h, self.w = found, prefix, h, w
-        super().__init__(f"token sequence has {found} tokens; expected {prefix} prefix + {h}x{w} patches")
 
 
 def tokens_to_grid(seq: torch.Tensor, prefix: int, h: int, w: int) -> tuple[torch.Tensor, torch.Tensor]:

@@ -174,9 +174,11 @@ def test_html_report_renders_its_tables_in_headless_chromium(store, tmp_path):
     linear = dom.stdout.split('data-task="roi-linear"')[1].split("</table>\n")[0]
     assert "macro_auroc (ranked)" in linear and "top1_acc" not in linear and "0.9100" in linear and "(0.8800 - 0.9400)" in linear
     assert linear.index(">uni<") < linear.index(">phikon<") and "30 ep, 224 px, gpfm" in linear and "neoplastic" in linear
+    assert "split seeded 60/20/20 (card seed 42)" in linear  # roi-sample's card cuts its own seeded split
     # each segmentation entry says how it ran, its per-class values, and its distance to the published value in CI half-widths
     glas = dom.stdout.split('data-dataset="glas" data-strategy="frozen"')[1].split("</table>\n")[0]
     assert "1 ep, 224 px, densebench, transunet, resize" in glas and "per class" in glas
+    assert "split official" in glas  # GlaS ships its own split: the card says so, and so does the entry
     above = float(_published_csv_ci("frozen", "GlaS", "uni_v1")[1]) - _published_csv("frozen", "GlaS", "uni_v1")  # the CI's upper side
     assert f"{0.0123 / above:+.2f}" in glas
     # ranks: one overall table and one per-strategy table, no model repeated within either

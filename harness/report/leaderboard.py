@@ -137,12 +137,36 @@ def build_leaderboard(rows: list[dict], metric: str = "mDice", keys: dict[str, d
 
 
 def run_context(row: dict) -> str:
-    """One line saying how a row was made: ``2 ep, 96 px, densebench, transunet, resize, torch``."""
+    """One line saying how a row was made: ``2 ep, 96 px, densebench, transunet, resize, torch, augment none, split seeded 70/20/10 (card seed 42)``."""
+    import json
+
     parts = [f"{row.get('epochs')} ep", f"{row.get('input_size')} px", str(row.get("preset"))]
     parts += [str(row[k]) for k in ("decoder", "inference", "engine") if row.get(k)]
     if row.get("device") and row["device"] != "cpu":
         parts.append(f"{row['device']} {row.get('precision') or ''}".strip())
+    try:
+        augment = json.loads(row.get("config_json") or "{}").get("augment")
+    except ValueError:
+        augment = None
+    if augment:
+        parts.append(f"augment {augment}")
+    if split := _split_source(row):
+        parts.append(split)
     return ", ".join(parts)
+
+
+def _split_source(row: dict) -> str:
+    """Where the row's split came from: the card's official split, or a seeded cut (ratios and seed); "" for a card that is gone."""
+    from harness.data.cards import get_card
+    from harness.errors import PfmbenchError
+
+    try:
+        split = get_card(row["dataset"]).split
+    except PfmbenchError:
+        return ""
+    if split.rule == "official":
+        return "split official"
+    return f"split seeded {'/'.join(f'{100 * r:g}' for r in split.ratios)} (card seed {split.seed})"
 
 
 def per_class_means(group: list[dict], column: str) -> list[tuple[str, float | None]]:

@@ -283,6 +283,14 @@ def test_plan_counts_backbone_passes_from_cards_and_perf(tmp_path):
     cli = subprocess.run([sys.executable, "-m", "harness.cli", "sweep", "-m", "phikon", "-d", "pannuke", "-s", "frozen,lora", "--epochs", "10",
                           "--runtime", "inprocess", "--plan", "--perf", str(perf)], capture_output=True, text=True, timeout=120)
     assert cli.returncode == 0 and "device-hours" in cli.stdout and "lora" in cli.stdout and "most expensive" in cli.stdout
+    # a measured train-perf rate replaces the 3-forwards estimate of a training job's steps (scaled by token count)
+    train_perf = tmp_path / "train.json"
+    train_perf.write_text(json.dumps({"results": [{"model": "phikon", "strategy": "lora", "size": 224, "images_per_s": 10.0}]}))
+    measured = {j.strategy: j for j in plan_sweep(spec, perf, devices=4, overhead_s=0.0, train_perf_json=train_perf).jobs}
+    steps_s = 10 * 5531 * (size / 224) ** 2 / 10.0
+    others_s = (10 * 1580 + 790 + decoder * 10 * 1580) * (size / 224) ** 2 / 100
+    assert measured["lora"].hours == pytest.approx((steps_s + others_s) / 3600, rel=1e-3)
+    assert measured["frozen"].hours == jobs["frozen"].hours and measured["cnn_adapter"].hours == jobs["cnn_adapter"].hours  # not measured: as before
     # a card that states no file count is named, not added as a silent zero
     unknown = plan_sweep(SweepSpec(models=["phikon"], datasets=["cosas24", "pannuke"], runtime="inprocess"), perf, overhead_s=0.0)
     assert unknown.unknown_counts == ["phikon / cosas24 / frozen / 42"]

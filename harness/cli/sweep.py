@@ -39,6 +39,8 @@ def sweep(
     timeout: Annotated[Optional[float], typer.Option(help="Seconds before an attempt is killed and retried.")] = None,
     plan: Annotated[bool, typer.Option("--plan", help="Only estimate the compute time of the grid, run nothing.")] = False,
     perf_json: Annotated[Optional[Path], typer.Option("--perf", help="--plan: a zoo-perf JSON (img/s per model) to estimate from.")] = None,
+    train_perf_json: Annotated[Optional[Path], typer.Option("--train-perf", help="--plan: a train-perf JSON (img/s per model and strategy): "
+                                                                "training steps cost what was measured instead of 3 forwards.", exists=True, dir_okay=False)] = None,
     gpus: Annotated[int, typer.Option(help="--plan: devices to spread the grid over.", min=1)] = 1,
     job_overhead: Annotated[float, typer.Option(help="--plan: seconds each job costs beyond compute (process start, imports, row write).")] = 5.0,
     results_dir: ResultsOpt = None,
@@ -62,7 +64,7 @@ def sweep(
     else:
         raise ConfigError("a sweep needs a grid", "pass a YAML file, or --model and --dataset (comma-separated lists)")
     if plan:
-        _print_plan(spec, perf_json, gpus, job_overhead)
+        _print_plan(spec, perf_json, gpus, job_overhead, train_perf_json)
         return
     from harness.sweep.executors import make_executor
     from harness.sweep.live import LiveTable
@@ -93,10 +95,10 @@ def _duration(hours: float) -> str:
     return f"{hours:.1f} h" if hours >= 1 else f"{hours * 60:.1f} min"
 
 
-def _print_plan(spec, perf_json: Path | None, gpus: int, job_overhead: float) -> None:
+def _print_plan(spec, perf_json: Path | None, gpus: int, job_overhead: float, train_perf_json: Path | None) -> None:
     from harness.sweep.plan import plan_sweep
 
-    estimate = plan_sweep(spec, perf_json, gpus, job_overhead)
+    estimate = plan_sweep(spec, perf_json, gpus, job_overhead, train_perf_json)
     t = Table(title=f"planned backbone compute for {len(estimate.jobs)} jobs ({estimate.basis})")
     for col in ("strategy", "jobs", "forwards", "est. hours"):
         t.add_column(col, justify="left" if col == "strategy" else "right")

@@ -17,6 +17,8 @@ epoch (the backbone runs without gradients) plus the test forward; ``lora``, ``d
 through the backbone), one per val image per epoch, plus test. The decoder trains in
 every job: its FLOPs (counted on the meta device at the job's token grid) times three per
 train image and one per val image, per epoch, are added in backbone forward-equivalents.
+With a ``train-perf`` JSON (``--train-perf``), a training job's steps cost the measured
+images/s of that model and strategy (scaled by token count) instead.
 A card that states no file count makes its jobs cost 0 images: the plan names them
 (``unknown_counts``) rather than adding a silent zero. Data loading and slide inference
 are not counted: the estimate is a floor.
@@ -107,7 +109,15 @@ def _seconds_per_image(job: Job, size: int, perf: dict[str, dict] | None) -> flo
     return _flops(job.model, size) / (EFFECTIVE_TFLOPS * 1e12)
 
 
-def estimate_job(job: Job, perf: dict[str, dict] | None) -> JobEstimate:
+def _train_seconds(job: Job, size: int, train: int, train_perf: dict[tuple[str, str], dict] | None) -> float | None:
+    """Seconds of the job's training steps from a measured ``train-perf`` rate of its model and strategy (scaled by token count); None without one."""
+    measured = (train_perf or {}).get((job.model, job.config.strategy))
+    if measured is None or job.config.strategy == "frozen":
+        return None
+    return job.config.epochs * train * (size / measured["size"]) ** 2 / measured["images_per_s"]
+
+
+def estimate_job(job: Job, perf: dict[str, dict] | None, train_perf: dict[tuple[str, str], dict] | None = None) -> JobEstimate:
     from harness.data.cards import get_card
     from harness.models.spec import get_spec, resolve_blocks
 
@@ -116,17 +126,27 @@ def estimate_job(job: Job, perf: dict[str, dict] | None) -> JobEstimate:
     train, val, test = (round(n * r) for r in card.split.ratios)
     size = job.config.input_size or card.input_size.for_patch(spec.patch_size)
     cfg = job.config
-    backbone = n if cfg.strategy == "frozen" else cfg.epochs * (train * _TRAIN_PASSES[cfg.strategy] + val) + test
+    per_image = _seconds_per_image(job, size, perf)
     n_blocks = len(resolve_blocks(cfg.blocks or spec.blocks, spec.depth))
     decoder = _decoder_flops(cfg.decoder, spec.embed_dim, n_blocks, card.num_classes, spec.patch_size, size) / _flops(job.model, size)
-    forwards = round(backbone + decoder * cfg.epochs * (3 * train + val))
-    return JobEstimate(job.label, cfg.strategy, n, forwards, forwards * _seconds_per_image(job, size, perf) / 3600, card.expected.files is not None)
+    measured = _train_seconds(job, size, train, train_perf)
+    if cfg.strategy == "frozen":
+        backbone = n + decoder * cfg.epochs * 3 * train
+    elif measured is not None:  # a measured optimiser step covers the backbone, adapter and decoder of the train images
+        backbone = measured / per_image + cfg.epochs * val + test
+    else:
+        backbone = cfg.epochs * (train * (_TRAIN_PASSES[cfg.strategy] + 3 * decoder) + val) + test
+    forwards = round(backbone + decoder * cfg.epochs * val)
+    return JobEstimate(job.label, cfg.strategy, n, forwards, forwards * per_image / 3600, card.expected.files is not None)
 
 
-def plan_sweep(spec: SweepSpec, perf_json: Path | None = None, devices: int = 1, overhead_s: float = JOB_OVERHEAD_S) -> SweepEstimate:
+def plan_sweep(spec: SweepSpec, perf_json: Path | None = None, devices: int = 1, overhead_s: float = JOB_OVERHEAD_S,
+               train_perf_json: Path | None = None) -> SweepEstimate:
     """Estimated device-hours of every job (compute plus ``overhead_s``), and the wall time spread over ``devices``.
 
-    The wall time is never below the longest job: one job runs on one device.
+    The wall time is never below the longest job: one job runs on one device. With
+    ``train_perf_json`` (``pfmbench train-perf`` on the target device) a training job's
+    steps cost its measured images/s for that model and strategy instead of three forwards.
     """
     perf = None
     basis = f"FLOPs at {EFFECTIVE_TFLOPS:.0f} TFLOP/s effective (eager bf16 on an H100)"
@@ -135,7 +155,11 @@ def plan_sweep(spec: SweepSpec, perf_json: Path | None = None, devices: int = 1,
         rows = data["results"] if isinstance(data, dict) else data
         perf = {r["model"]: r for r in rows}
         basis = f"measured img/s in {perf_json}"
-    jobs = [estimate_job(j, perf) for j in expand(spec.model_copy(update={"runtime": "inprocess"}))]  # where it runs changes no count
+    train_perf = None
+    if train_perf_json is not None:
+        train_perf = {(r["model"], r["strategy"]): r for r in json.loads(train_perf_json.read_text())["results"]}
+        basis += f"; training steps measured in {train_perf_json}"
+    jobs = [estimate_job(j, perf, train_perf) for j in expand(spec.model_copy(update={"runtime": "inprocess"}))]  # where it runs changes no count
     for j in jobs:
         j.hours += overhead_s / 3600
     total = sum(j.hours for j in jobs)

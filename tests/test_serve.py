@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import contextlib
 import os
 import signal
 from pathlib import Path
@@ -111,6 +112,34 @@ def test_killed_server_gives_a_clear_error_and_no_orphans(no_leftover_servers):
     assert "stopped (signal 9)" in exc.value.one_line()
     assert rt.proc is None
     assert not [p for p in server_processes() if p[1] == group]
+    assert _shm_regions() == []
+
+
+def _mapped_shm(pids: list[int]) -> set[Path]:
+    """``/dev/shm`` files these processes have mapped, but a client's ``pfm_`` regions: what the server's side created."""
+    out = set()
+    for pid in pids:
+        with contextlib.suppress(OSError):
+            for line in Path(f"/proc/{pid}/maps").read_text().splitlines():
+                path = line.split(maxsplit=5)[-1]
+                if path.startswith("/dev/shm/") and not path.startswith("/dev/shm/pfm_") and not path.endswith("(deleted)"):
+                    out.add(Path(path))
+    return out
+
+
+@pytest.mark.parametrize("how, exit_code", [("interrupt", 128 + signal.SIGUSR1), pytest.param("stop", 0, marks=pytest.mark.slow)])
+def test_a_stopped_or_interrupted_server_leaves_no_process_and_none_of_its_shared_memory(how, exit_code, no_leftover_servers):
+    """``stop`` drains Triton; ``interrupt`` (Ctrl-C) has the server reap its group at once: both leave nothing."""
+    rt = LocalRuntime(get_spec("phikon"), ResolvedWeights.random())
+    with rt:
+        rt.infer(IMAGES[:2], (11,))  # PyTriton's tensor store creates its regions on the first request
+        proc = rt.proc
+        regions = _mapped_shm([p[0] for p in server_processes() if p[1] == proc.pid])
+        assert any(r.name.startswith("psm_") for r in regions), regions
+        getattr(rt, how)()
+    assert proc.returncode == exit_code  # 138: the server's watchdog reaped it (STOP_NOW), not Triton's clean shutdown
+    assert not [p for p in server_processes() if p[1] == proc.pid]
+    assert [r for r in regions if r.exists()] == []
     assert _shm_regions() == []
 
 

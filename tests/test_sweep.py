@@ -20,7 +20,7 @@ from harness.sweep.executors import LocalExecutor
 from harness.sweep.grid import SweepSpec, expand, load_spec
 from harness.sweep.runner import run_sweep
 
-from conftest import free_port, processes
+from conftest import free_port, processes, server_processes
 
 TINY = {"epochs": 1, "input_size": 32}
 GRID = SweepSpec(models=["phikon", "lunit_vits8"], datasets=["nuclei-sample"], strategies=["frozen", "lora"],
@@ -299,27 +299,43 @@ def test_plan_counts_backbone_passes_from_cards_and_perf(tmp_path):
     assert cli.returncode == 0 and "not counted: 1 job(s) on cards that state no file count (phikon / cosas24 / frozen / 42)" in " ".join(cli.stdout.split())
 
 
+CTRL_C_CASES = {
+    # one LoRA job computing in its own process
+    "lora-inprocess": (["-s", "lora", "--epochs", "50", "--runtime", "inprocess"], 1),
+    # two frozen jobs extracting through the sweep's shared local Triton server: it is interrupted (reaped), not drained
+    "frozen-shared-server": (["-s", "frozen", "--epochs", "200", "--seeds", "1,2", "--runtime", "local"], 2),
+}
+
+
 @pytest.mark.slow
-def test_ctrl_c_stops_the_sweep_and_its_jobs_at_once(tmp_path):
-    args = [sys.executable, "-m", "harness.cli", "sweep", "-m", "phikon", "-d", "nuclei-sample", "-s", "lora", "--epochs", "50",
-            "--input-size", "64", "--runtime", "inprocess", "--results-dir", str(tmp_path), "--no-progress"]
+@pytest.mark.parametrize("case", list(CTRL_C_CASES))
+def test_ctrl_c_stops_the_sweep_and_its_jobs_at_once(case, tmp_path, no_leftover_servers):
+    extra, n_jobs = CTRL_C_CASES[case]
+    args = [sys.executable, "-m", "harness.cli", "sweep", "-m", "phikon", "-d", "nuclei-sample", "--input-size", "64",
+            "--results-dir", str(tmp_path), "--no-progress", *extra]
     driver = subprocess.Popen(args, stdout=subprocess.PIPE, stderr=subprocess.PIPE, text=True)
 
-    def training() -> bool:
+    def working() -> bool:
         assert driver.poll() is None, driver.communicate()
-        return bool(list(tmp_path.glob("runs/*/checkpoint.pt")))
+        if case == "lora-inprocess":
+            return bool(list(tmp_path.glob("runs/*/checkpoint.pt")))
+        events = list(tmp_path.glob("sweeps/*/events.jsonl"))
+        started = bool(events) and any(json.loads(line)["event"] == "started" for line in events[0].read_text().splitlines())
+        return started and bool(server_processes())
 
-    wait_until(training, 300, "the job's first checkpoint")
+    wait_until(working, 300, "the jobs to be working")
     driver.send_signal(signal.SIGINT)
-    stdout, _ = driver.communicate(timeout=60)  # a guard against a hang; the LoRA job alone would run for minutes
+    stdout, _ = driver.communicate(timeout=60)  # a guard against a hang; the jobs alone would run for minutes
     assert driver.returncode == 130
     assert not any("sweep-job" in p[2] for p in processes())
+    assert not server_processes()
     assert read_rows(tmp_path) == []
     text = " ".join(stdout.split())
-    assert "interrupted sweep" in text and "0 done" in text and "1 stopped (no row)" in text and "The same command resumes" in text
+    assert "interrupted sweep" in text and "0 done" in text and f"{n_jobs} stopped (no row)" in text and "The same command resumes" in text
     (events,) = tmp_path.glob("sweeps/*/events.jsonl")
     kinds = [json.loads(line)["event"] for line in events.read_text().splitlines()]
-    assert kinds == ["queued", "started", "interrupted"], kinds
+    # one job at a time without a GPU: the first started, the second still queued; every one ends interrupted
+    assert kinds == ["queued"] * n_jobs + ["started"] + ["interrupted"] * n_jobs, kinds
 
 
 @pytest.mark.slow

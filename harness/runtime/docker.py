@@ -10,6 +10,7 @@ container: weights were resolved on the host (``harness.models.weights``).
 
 from __future__ import annotations
 
+import contextlib
 import logging
 import secrets
 import time
@@ -24,6 +25,7 @@ from harness.runtime.images import docker_client, ensure_image, image_identity
 from harness.runtime.owners import RUN_LABEL, owner_labels, reap_orphan_containers
 from harness.runtime.served import ServedOptions, ServedRuntime, server_dtype_args
 from harness.util.devices import docker_device_requests, inside_device, resolve_device
+from harness.util.procgroup import STOP_NOW
 
 log = logging.getLogger("pfmbench.runtime")
 
@@ -122,10 +124,20 @@ class DockerRuntime(ServedRuntime):
         return "the log tail above (the container is removed on exit)"
 
     def stop(self) -> None:
+        self._stop(now=False)
+
+    def interrupt(self) -> None:
+        """The server in the container reaps Triton and exits at once (``STOP_NOW``); ``docker stop`` stays behind it."""
+        self._stop(now=True)
+
+    def _stop(self, now: bool) -> None:
         self._close_client()
         container, self.container = self.container, None
         if container is None:
             return
+        if now:
+            with contextlib.suppress(Exception):  # already gone or dead: stop/remove below say nothing either
+                container.kill(signal=STOP_NOW.name)
         try:
             container.stop(timeout=10)
         except Exception:  # already gone or dead

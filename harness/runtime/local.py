@@ -118,9 +118,16 @@ class LocalRuntime(ServedRuntime):
         return f"the full log at {self.log_path}"
 
     def stop(self) -> None:
+        self._stop(now=False)
+
+    def interrupt(self) -> None:
+        """The server reaps Triton and exits at once (``STOP_NOW``) instead of draining it (seconds)."""
+        self._stop(now=True)
+
+    def _stop(self, now: bool) -> None:
         self._close_client()
         proc, self.proc = self.proc, None
         if proc is not None:
-            stop_group(proc)
+            stop_group(proc, now=now)
         if self.log_path is not None and not self._failed:
             self.log_path.unlink(missing_ok=True)

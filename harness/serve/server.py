@@ -18,7 +18,7 @@ from pathlib import Path
 import numpy as np
 
 from harness import constants
-from harness.client.regions import SHM_DIR
+from harness.client.regions import PREFIX, SHM_DIR
 from harness.models.spec import ModelSpec
 from harness.models.weights import ResolvedWeights, resolve_weights
 from harness.serve import protocol
@@ -72,20 +72,36 @@ def serve(
 
 
 def _reap_triton(workspace: Path) -> None:
-    """SIGKILL what is left of Triton (server, backend stubs), then remove its shared memory and workspace.
+    """SIGKILL what is left of Triton (server, backend stubs, PyTriton's store), then remove its shared memory and workspace.
 
-    A clean PyTriton shutdown does all of this itself; this is for one cut short. The
-    backend stubs' regions are named by Triton's ``shm-region-prefix-name`` argument, read
-    from the live processes' command lines before they are killed.
+    A clean PyTriton shutdown does all of this itself; this is for one cut short (an
+    orphaned server, or ``STOP_NOW`` from an interrupted harness). The regions are found
+    before anything is killed: the backend stubs' by Triton's ``shm-region-prefix-name``
+    argument on their command lines, PyTriton's tensor store's (``psm_*``, ``pytrtion*``)
+    as the ``/dev/shm`` files this group has mapped. A client's ``pfm_`` regions, also
+    mapped by Triton, are the client's to remove.
     """
     me = os.getpid()
-    prefixes = {m.group(1) for pid in live_members(me) if pid != me
-                for m in [re.search(r"shm-region-prefix-name=([\w-]+)", command_line(pid))] if m}
+    members = [pid for pid in live_members(me) if pid != me] + [me]
+    prefixes = {m.group(1) for pid in members for m in [re.search(r"shm-region-prefix-name=([\w-]+)", command_line(pid))] if m}
+    mapped = {path for pid in members for path in _mapped_shm(pid) if not path.name.startswith(PREFIX)}
     kill_own_group()
     for prefix in prefixes:
         for region in SHM_DIR.glob(f"{prefix}*"):
             region.unlink(missing_ok=True)
+    for region in mapped:
+        region.unlink(missing_ok=True)
     shutil.rmtree(workspace, ignore_errors=True)
+
+
+def _mapped_shm(pid: int) -> set[Path]:
+    """The ``/dev/shm`` files process ``pid`` has mapped (empty once it is gone)."""
+    try:
+        lines = Path(f"/proc/{pid}/maps").read_text(errors="replace").splitlines()
+    except OSError:
+        return set()
+    return {Path(path) for line in lines for path in [line.split(maxsplit=5)[-1]]
+            if path.startswith(f"{SHM_DIR}/") and not path.endswith(" (deleted)")}
 
 
 def _serve_until_stopped(spec: ModelSpec, weights: str, init_seed: int, host: str, http_port: int, grpc_port: int, metrics_port: int,

@@ -205,12 +205,13 @@ class LocalExecutor:
     def close(self) -> None:
         """Stop what still runs (an interrupted sweep: Ctrl-C) and the shared servers, all at once. Finished rows are already stored.
 
-        Jobs and servers shut down side by side (a Triton server takes a few seconds to stop
-        cleanly), so Ctrl-C ends in about one grace period however many there are.
+        A server still here has a job that will never finish, so it is interrupted (reaped at
+        once, not drained). Jobs and servers shut down side by side, so Ctrl-C ends in about
+        one job's grace period however many there are.
         """
         self.pending.clear()
         servers, self.servers = list(self.servers.values()), {}
-        stoppers = [threading.Thread(target=server.stop, name="stop-server") for server in servers]  # type: ignore[attr-defined]
+        stoppers = [threading.Thread(target=server.interrupt, name="stop-server") for server in servers]  # type: ignore[attr-defined]
         for t in stoppers:
             t.start()
         stop_groups(list(self.live), grace_s=5.0)

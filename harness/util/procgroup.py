@@ -12,11 +12,15 @@ So a group leader calls :func:`die_with_parent_promptly`, which starts a watchdo
 that does not depend on the signal: once its parent is gone it allows
 :data:`ORPHAN_GRACE_S` for a clean shutdown, then SIGKILLs its whole group. A normal stop
 (SIGTERM from a live parent) gets :data:`STOP_GRACE_S` for the clean shutdown that
-removes Triton's shared memory and workspace.
+removes Triton's shared memory and workspace. An interrupted caller (Ctrl-C) that does not
+care about in-flight requests sends :data:`STOP_NOW` instead: the leader reaps its group
+(SIGKILL, shared memory, workspace) and exits at once, which is complete cleanup without
+the seconds Triton's clean shutdown takes.
 """
 
 from __future__ import annotations
 
+import contextlib
 import ctypes
 import os
 import signal
@@ -33,6 +37,8 @@ _PR_GET_PDEATHSIG = 2
 ORPHAN_GRACE_S = 1.0
 #: seconds a group leader asked to stop by its live parent gets for a clean shutdown
 STOP_GRACE_S = 12.0
+#: the signal that asks a group leader to reap its group and exit now (see :func:`die_with_parent_promptly`)
+STOP_NOW = signal.SIGUSR1
 #: how often the watchdog looks at its parent
 WATCH_PERIOD_S = 0.05
 
@@ -73,9 +79,21 @@ def spawn_group(cmd: list[str], **popen: Any) -> subprocess.Popen:
     return subprocess.Popen(cmd, start_new_session=True, preexec_fn=_parent_death_signal_setter(os.getpid()), **popen)
 
 
-def stop_group(proc: subprocess.Popen, grace_s: float = 15.0) -> None:
-    """SIGTERM the group's leader (clean shutdown), then SIGKILL anything left in its group, and wait until it is gone."""
+def stop_group(proc: subprocess.Popen, grace_s: float = 15.0, now: bool = False) -> None:
+    """SIGTERM the group's leader (clean shutdown), then SIGKILL anything left in its group, and wait until it is gone.
+
+    ``now``: send the leader :data:`STOP_NOW` first (a leader that called
+    :func:`die_with_parent_promptly` reaps its group and exits at once; the SIGTERM path
+    stays behind it for one that did not).
+    """
     pgid = proc.pid  # spawn_group: the group id is the leader's pid
+    if now and proc.poll() is None:
+        try:
+            os.kill(pgid, STOP_NOW)
+        except ProcessLookupError:
+            pass
+        with contextlib.suppress(subprocess.TimeoutExpired):
+            proc.wait(timeout=grace_s)
     if proc.poll() is None:
         try:
             os.killpg(pgid, signal.SIGTERM)
@@ -165,11 +183,16 @@ def die_with_parent_promptly(on_stop: type[BaseException] = KeyboardInterrupt, r
     yet. The first SIGTERM raises ``on_stop`` (for a clean shutdown) and gives that shutdown
     :data:`STOP_GRACE_S`; later SIGTERMs do not interrupt it. A server started by hand or as a
     container's PID 1 is not tied to a parent: only the SIGTERM deadline applies to it.
+    :data:`STOP_NOW` makes the deadline now: the watchdog reaps and exits without waiting
+    for the main thread, which may be blocked in C.
     """
     parent, watch_parent = os.getppid(), _has_parent_death_signal()
     stop_asked: list[float] = []
+    stop_now: list[float] = []
 
     def deadline() -> float:
+        if stop_now:
+            return stop_now[0]
         if watch_parent and os.getppid() != parent:
             return time.monotonic() + ORPHAN_GRACE_S
         return stop_asked[0] + STOP_GRACE_S if stop_asked else float("inf")
@@ -182,7 +205,7 @@ def die_with_parent_promptly(on_stop: type[BaseException] = KeyboardInterrupt, r
         try:
             reap()
         finally:
-            os._exit(128 + signal.SIGTERM)
+            os._exit(128 + (STOP_NOW if stop_now else signal.SIGTERM))
 
     def on_term(signum: int, frame: object) -> None:
         if stop_asked:
@@ -191,4 +214,5 @@ def die_with_parent_promptly(on_stop: type[BaseException] = KeyboardInterrupt, r
         raise on_stop()
 
     signal.signal(signal.SIGTERM, on_term)
+    signal.signal(STOP_NOW, lambda signum, frame: stop_now.append(time.monotonic()))
     threading.Thread(target=watchdog, name="shutdown-watchdog", daemon=True).start()

@@ -36,6 +36,9 @@ Engine = Literal["torch", "compile", "onnx"]
 ENGINES: tuple[str, ...] = get_args(Engine)
 
 Preset = Literal["densebench", "corrected"]
+#: Training augmentation (:mod:`harness.data.augment`): the reference's list, it without weather effects, or none.
+Augment = Literal["none", "densebench", "histology"]
+AUGMENTS: tuple[str, ...] = get_args(Augment)
 Schedule = Literal["densebench", "cosine"]
 
 #: The reference code's values (protocol.md), quirks included.
@@ -44,14 +47,31 @@ PRESETS: dict[str, dict[str, object]] = {
         "epochs": 150, "batch_size": 8, "lr": 1e-3, "weight_decay": 1e-4, "grad_clip": 5.0,
         "warmup_epochs": 2, "schedule": "densebench", "cosine_t_max": 100, "select_metric": "mIoU",
         "inference": "resize", "adapter_impl": "densebench", "lora_rank": 16, "lora_alpha": 1.0, "cnn_unused_stage": True,
+        "augment": "densebench", "align_corners": True, "resize": "cv2",
     },
     # Same recipe with the schedule bugs fixed and selection on the headline metric.
     "corrected": {
         "epochs": 150, "batch_size": 8, "lr": 1e-3, "weight_decay": 1e-4, "grad_clip": 5.0,
         "warmup_epochs": 2, "schedule": "cosine", "cosine_t_max": None, "select_metric": "mDice",
         "inference": "slide", "adapter_impl": "peft", "lora_rank": 16, "lora_alpha": 16.0, "cnn_unused_stage": False,
+        "augment": "histology", "align_corners": False, "resize": "pil",
     },
 }
+
+#: Models the reference's LoRA/DoRA leave unadapted (protocol.md, bug 1): it wraps only timm ``Attention``
+#: modules of the models it names, so the HF-transformers models (phikon, phikon_v2, hibou_l, midnight),
+#: MUSK (BEiT3) and PathOrchestra (timm, not in its list) train as frozen. Their published LoRA and DoRA
+#: cells are frozen runs (mean LoRA - frozen: -0.0004 mDice); ``adapter_impl: densebench`` reproduces that.
+REFERENCE_UNADAPTED = frozenset({"phikon", "phikon_v2", "hibou_l", "midnight", "musk", "pathorchestra"})
+
+#: Models the reference runs at one input size whatever the dataset (its website table: "MUSK always 384";
+#: torchscale's BEiT3 asserts it). The ``densebench`` preset does the same; ``corrected`` uses the card's size.
+DENSEBENCH_INPUT_SIZE: dict[str, int] = {"musk": 384}
+
+#: Models the reference normalises otherwise than their own labels say (its ``get_model_normalization``:
+#: ImageNet statistics for MUSK, whose own are 0.5/0.5). The ``densebench`` preset does the same.
+IMAGENET_MEAN_STD = ((0.485, 0.456, 0.406), (0.229, 0.224, 0.225))
+DENSEBENCH_NORMALISATION: dict[str, tuple[tuple[float, float, float], tuple[float, float, float]]] = {"musk": IMAGENET_MEAN_STD}
 
 #: The autocast dtype of a preset's frozen extraction on a GPU: the reference's fp16 for ``densebench``;
 #: bf16 elsewhere (fp32's range: no overflow). Not a config field: a CPU computes in fp32 whatever
@@ -100,7 +120,9 @@ class RunConfig(_RunBase):
     select_metric: Literal["mIoU", "mDice"]
     blocks: tuple[int, ...] | None = None
     input_size: int | None = None
-    augment: Literal["none"] = "none"
+    #: Training augmentation, seeded per (seed, epoch, sample). A ``frozen`` run with augmentation
+    #: extracts each epoch's augmented training batches online (val/test features stay cached).
+    augment: Augment = "none"
     #: Test-time inference: ``resize`` (the reference: images and labels resized to the input size)
     #: or ``slide`` (windows at the original resolution, logits blended, original labels).
     inference: Literal["resize", "slide"] = "resize"
@@ -112,6 +134,10 @@ class RunConfig(_RunBase):
     adapter_impl: Literal["densebench", "peft"] = "densebench"
     lora_rank: int = Field(default=16, gt=0)
     lora_alpha: float = Field(default=1.0, gt=0)
+    #: The val/test (and ``augment=none`` training) resize: OpenCV linear as the reference, or PIL's antialiased bilinear.
+    resize: Literal["cv2", "pil"] = "pil"
+    #: Decoder upsampling with corners aligned (the reference's ``UpsamplingBilinear2d``) or not (``F.interpolate``'s default).
+    align_corners: bool = False
     #: CNN adapter: build the reference's third ResNet stage (trainable, never used).
     cnn_unused_stage: bool = True
     #: Mixed precision (fp16 autocast + GradScaler) for the training job; only on a GPU.

@@ -241,3 +241,29 @@ def test_prepare_a_built_in_sample_from_the_cli(tmp_path):
     assert sorted(index["split"]).count("test") == 4 and len(index["id"]) == 36
     totals = np.sum(index["pixels"], axis=0)
     assert totals.sum() == 36 * 250 * 250 and (totals > 0).all()  # every class is present in the sample
+
+
+#: The reference's per-dataset input sizes (lingxitong/PFM_Segmentation configs/data/dataset_size_info.json:
+#: resize_14, resize_16), keyed by our card names.
+REFERENCE_SIZES = {
+    "bcss": (952, 944), "conic2022": (252, 256), "consep": (994, 992), "cpm15": (392, 384), "cpm17": (490, 496),
+    "janowczyk": (994, 992), "kumar": (994, 992), "lizard": (336, 336), "nucls": (252, 256), "pannuke": (252, 256),
+    "rings": (994, 992), "tnbc": (504, 512), "wsss4luad": (196, 192), "glas": (420, 416), "cocahis": (994, 992),
+    "crag": (994, 992), "ebhi": (224, 224), "cosas24": (994, 992),
+}
+
+
+@pytest.mark.parametrize("name", sorted(REFERENCE_SIZES))
+def test_each_densebench_card_has_the_reference_input_sizes(name):
+    card = get_card(name)
+    assert (card.input_size.for_patch(14), card.input_size.for_patch(16)) == REFERENCE_SIZES[name]
+
+
+def test_musk_runs_at_384_in_densebench_and_at_the_cards_size_in_corrected():
+    from harness.models.spec import get_spec
+    from harness.run.plan import input_size_for
+
+    glas, musk = get_card("glas"), get_spec("musk")
+    assert input_size_for(None, glas, musk, "densebench") == 384
+    assert input_size_for(None, glas, musk, "corrected") == 416
+    assert input_size_for(224, glas, musk, "densebench") == 224  # an explicit --input-size wins

@@ -90,9 +90,12 @@ def test_pixels_hash_follows_the_pixels_not_the_batching():
 
 
 def test_frozen_runs_read_the_cache_and_score_exactly_as_an_extracting_run(tmp_path):
-    """Seed 2 after seed 1 extracts nothing (no runtime is even started) and equals a run without the cache."""
+    """Seed 2 after seed 1 extracts nothing (no runtime is even started) and equals a run without the cache.
+
+    Without augmentation: an augmented run extracts its training batches online (test_augment.py).
+    """
     def run(seed: int, **kw):
-        cfg, _ = resolve_config("segmentation", "phikon", "nuclei-sample", runtime="inprocess", epochs=2, seed=seed, input_size=64)
+        cfg, _ = resolve_config("segmentation", "phikon", "nuclei-sample", runtime="inprocess", epochs=2, seed=seed, input_size=64, augment="none")
         return execute(cfg, results_dir=tmp_path / "res", write=False, **kw)
 
     first = run(1)
@@ -107,6 +110,6 @@ def test_frozen_runs_read_the_cache_and_score_exactly_as_an_extracting_run(tmp_p
         assert cached.model_dump()[m] == fresh.model_dump()[m], m
     assert cached.run_key == fresh.run_key
     # another resolution is another key: extracted again, three more entries
-    cfg, _ = resolve_config("segmentation", "phikon", "nuclei-sample", runtime="inprocess", epochs=1, seed=1, input_size=96)
+    cfg, _ = resolve_config("segmentation", "phikon", "nuclei-sample", runtime="inprocess", epochs=1, seed=1, input_size=96, augment="none")
     assert execute(cfg, results_dir=tmp_path / "res", write=False).transfer == "inprocess"
     assert len(list(cache.entries())) == 6

@@ -68,6 +68,8 @@ def test_a_bench_logged_to_a_file_shows_every_stage_as_lines(tmp_path):
                           "--epochs", "2", "--input-size", "64", "--results-dir", str(tmp_path)], capture_output=True, text=True, timeout=600, env=env)
     assert res.returncode == 0, res.stderr
     lines = [line for line in res.stderr.splitlines() if LINE.match(line)]
-    assert any("features phikon (inprocess" in line and "36/36 (100%)" in line and line.endswith("done") for line in lines), res.stderr
-    assert any("train transunet decoder | 2/2 (100%)" in line and "val mIoU" in line for line in lines), res.stderr
+    # val + test (11 images) to the cache; the augmented training batches go through the model during the epochs
+    assert any("features phikon (inprocess" in line and "11/11 (100%)" in line and line.endswith("done") for line in lines), res.stderr
+    assert any("train transunet decoder (augment densebench: features through inprocess each epoch) | 2/2 (100%)" in line and "val mIoU" in line
+               for line in lines), res.stderr
     assert "━" not in res.stderr  # no bar drawn into the log

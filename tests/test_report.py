@@ -43,7 +43,7 @@ def _published_csv_ci(strategy: str, dataset: str, model: str) -> tuple[str, str
 
 
 def _row(results: Path, model: str, dataset: str, strategy: str, mdice: float, weights: str = "sha256:" + "ab" * 32, seed: int = 42,
-         minutes: int = 0, preset: str = "densebench") -> None:
+         minutes: int = 0, preset: str = "densebench", adapted_modules: int | None = None) -> None:
     config_hash = uuid.uuid5(uuid.NAMESPACE_DNS, f"{model}{dataset}{strategy}{seed}{preset}").hex[:16]
     metrics = {}
     for m in ("mIoU", "mDice", "mIoU_nobg", "mDice_nobg", "pixel_accuracy"):
@@ -55,6 +55,7 @@ def _row(results: Path, model: str, dataset: str, strategy: str, mdice: float, w
         inference="resize", runtime="inprocess", transfer="none", image_digest=None, config_hash=config_hash, config_json="{}", **metrics,
         class_names=["a", "b"], per_class_iou=[0.5, 0.5], per_class_dice=[0.5, 0.5], n_bootstrap=10, best_epoch=0, best_val=0.5,
         harness_version="test", git_commit=None, package_versions="{}", hardware="test", wall_time_s=1.0, peak_rss_mb=1.0,
+        adapted_modules=adapted_modules,
     ), results)
 
 
@@ -112,7 +113,7 @@ def store(tmp_path):
     _row(res, "virchow", "glas", "frozen", 0.80, seed=2)  # two seeds -> one entry, mean 0.75
     _row(res, "phikon", "glas", "frozen", 0.10, minutes=0)
     _row(res, "phikon", "glas", "frozen", 0.60, minutes=5)  # the same configuration re-run: the newest counts
-    _row(res, "phikon", "glas", "lora", 0.61)
+    _row(res, "phikon", "glas", "lora", 0.61, adapted_modules=0)  # densebench: the reference's coverage, no adapter on phikon
     _row(res, "gigapath", "ebhi", "cnn_adapter", 0.5)
     _row(res, "uni", "nuclei-sample", "frozen", 0.4)  # no published cell
     _roi_row(res, "uni", "roi-linear", 0.91)
@@ -135,6 +136,11 @@ def test_leaderboard_ranks_seeds_and_published_deltas(store, tmp_path):
     rnd = table[("glas", "frozen", "uni", "random")]
     assert rnd["published"] == "" and rnd["delta"] == "" and rnd["rank"] == "1"  # ranked among the random entries only
     assert "did not wrap" in table[("glas", "lora", "phikon", "sha256")]["note"]
+    # every comparison with a published cell says the splits differ, and what ours is (GlaS: the release's official split)
+    assert "splits differ: the reference's are unreleased; this entry's is the official" in uni["note"]
+    assert "splits differ" not in table[("nuclei-sample", "frozen", "uni", "sha256")]["note"]  # no published cell, nothing to say
+    assert "no adapter: frozen backbone" in table[("glas", "lora", "phikon", "sha256")]["context"]
+    assert "no adapter" not in table[("glas", "frozen", "phikon", "sha256")]["context"]
     assert table[("nuclei-sample", "frozen", "uni", "sha256")]["published"] == ""
     ranks = {(r.model, r.strategy, r.random): r for r in files.board.ranks}
     assert ranks[("uni", "frozen", False)].average_rank == 1.0 and ranks[("uni", "frozen", False)].datasets == 2

@@ -46,6 +46,26 @@ def test_served_features_equal_inprocess(transfer, phikon_reference, no_leftover
     assert _shm_regions() == []
 
 
+def test_a_server_normalises_as_its_spec_says_when_a_preset_changes_it(phikon_reference, no_leftover_servers):
+    """densebench normalises MUSK with ImageNet statistics; the server is told by --mean/--std (phikon stands in: it is smaller)."""
+    from harness.config import IMAGENET_MEAN_STD
+    from harness.models.spec import spec_for_preset
+    from harness.runtime.served import normalisation_args
+
+    musk = get_spec("musk")
+    dense, corrected = spec_for_preset(musk, "densebench"), spec_for_preset(musk, "corrected")
+    assert (dense.mean, dense.std) == IMAGENET_MEAN_STD and corrected == musk and dense.spec_hash() != musk.spec_hash()
+    assert normalisation_args(dense) == ["--mean", "0.485,0.456,0.406", "--std", "0.229,0.224,0.225"] and normalisation_args(musk) == []
+    phikon = get_spec("phikon")
+    other = phikon.model_copy(update={"mean": (0.5, 0.5, 0.5), "std": (0.5, 0.5, 0.5)})
+    with InProcessRuntime(other, ResolvedWeights.random()) as rt:
+        want, _ = rt.infer(IMAGES, (11,))
+    with LocalRuntime(other, ResolvedWeights.random()) as rt:
+        got, _ = rt.infer(IMAGES, (11,))
+    assert np.abs(got.astype(np.float32) - want.astype(np.float32)).max() <= 1e-3
+    assert np.abs(got.astype(np.float32) - phikon_reference[(11,)][0].astype(np.float32)).max() > 0.1  # not the label's normalisation
+
+
 def test_requests_in_flight_together_give_exactly_the_features_of_one_at_a_time(no_leftover_servers):
     from harness.run.segmentation import iter_features
 

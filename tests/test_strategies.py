@@ -96,12 +96,34 @@ def test_peft_lora_is_alpha_over_rank_scaled():
     assert torch.allclose(layer(x), ref(x) + x @ a.t() @ b.t() * (16.0 / 4), atol=1e-5)
 
 
+@pytest.mark.parametrize("strategy", ["lora", "dora"])
+def test_densebench_leaves_the_references_six_unadapted_models_frozen_and_peft_adapts_them(strategy):
+    """The reference's LoRA/DoRA wrap timm Attention of listed models only: phikon (HF) gets none there."""
+    assert lora.REFERENCE_UNADAPTED == {"phikon", "phikon_v2", "hibou_l", "midnight", "musk", "pathorchestra"}
+    assert set(lora.REFERENCE_UNADAPTED) <= set(list_models())
+    torch.manual_seed(0)
+    ref = build_segmenter(build_extractor(get_spec("phikon")), strategy, "linear", 2, (11,), impl="densebench")
+    assert ref.adapted_modules == 0
+    assert trainable_parameters(ref) == trainable_parameters(ref.decoder)  # a frozen run through the image path, as published
+    peft = build_segmenter(build_extractor(get_spec("phikon")), strategy, "linear", 2, (11,), impl="peft", alpha=16.0)
+    assert peft.adapted_modules == 12 * 4  # query, key, value, output.dense in each of 12 blocks
+    assert trainable_parameters(peft) > trainable_parameters(peft.decoder)
+    uni = build_segmenter(build_extractor(get_spec("uni")), strategy, "linear", 2, (23,), impl="densebench")
+    assert uni.adapted_modules == 24 * 2  # timm: fused qkv and proj of each of 24 blocks
+
+
 @pytest.mark.parametrize("patch,size", [(16, 64), (14, 56), (8, 64), (16, 48)])
 def test_cnn_adapter_skips_and_decoder_output(patch, size):
     cnn = CNNAdapter(with_unused_stage=False)
     x = torch.randn(2, 3, size, size)
     skips = cnn(x)
     assert [tuple(s.shape[1:]) for s in skips] == [(512, size // 8, size // 8), (256, size // 4, size // 4), (64, size // 2, size // 2)]
+    # as TransUNet and the reference: stage 2 reads stage 1's unpadded map; only the skips are zero-padded
+    with torch.no_grad():
+        quarter = cnn.stage1(torch.nn.functional.max_pool2d(cnn.root(x), 3, 2))
+        eighth = cnn.stage2(quarter)
+        assert torch.equal(skips[0][..., :eighth.shape[-2], :eighth.shape[-1]], eighth)
+        assert torch.equal(skips[1][..., :quarter.shape[-2], :quarter.shape[-1]], quarter)
     dec = TransUNetDecoder(32, 3, patch, skip_channels=(512, 256, 64))
     out = dec(torch.randn(2, 1, size // patch, size // patch, 32), skips)
     assert out.shape == (2, 3, size, size)

@@ -268,7 +268,10 @@ def test_plan_counts_backbone_passes_from_cards_and_perf(tmp_path):
     decoder = _decoder_flops("transunet", 768, 1, 6, 16, size) / _flops("phikon", size)
     assert 0 < decoder < 1
     decoder_epochs = decoder * 10 * (5531 * 3 + 1580)
-    assert jobs["frozen"].forwards == round(n + decoder_epochs) > n
+    # densebench augments: a frozen job extracts val and test once, the augmented training batches in every epoch
+    assert jobs["frozen"].forwards == round(1580 + 790 + 10 * 5531 + decoder_epochs)
+    plain = plan_sweep(spec.model_copy(update={"strategies": ["frozen"], "overrides": {"epochs": 10, "augment": "none"}}), perf, overhead_s=0.0)
+    assert plain.jobs[0].forwards == round(n + decoder_epochs) > n  # without augmentation: every split once, to the cache
     assert jobs["lora"].forwards == round(10 * (5531 * 3 + 1580) + 790 + decoder_epochs)
     assert jobs["cnn_adapter"].forwards == round(10 * (5531 + 1580) + 790 + decoder_epochs)
     assert jobs["frozen"].hours == pytest.approx(jobs["frozen"].forwards * (size / 224) ** 2 / 100 / 3600)

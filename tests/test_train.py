@@ -46,11 +46,13 @@ def _cfg(**kw) -> RunConfig:
 def test_densebench_schedule_reproduces_the_reference_quirks():
     cfg = _cfg(epochs=150)
     f = [lr_factor(e, cfg) for e in range(150)]
-    assert f[0] == 0.0  # warmup epoch/2 from epoch 0: the first epoch does not learn
-    assert f[1] == pytest.approx(0.5 * 0.5 * (1 + np.cos(np.pi / 100)))
+    # the reference's CosineAnnealingWithWarmup(T_max=100, warmup_epochs=2), stepped once per epoch
+    assert f[0] == 0.0 and f[1] == 0.5  # warmup epoch/2 from epoch 0: the first epoch does not learn
+    assert f[2] == 1.0  # the cosine starts after the warm-up, at its top
+    assert f[51] == pytest.approx(0.5 * (1 + np.cos(np.pi * 49 / 98)))
     assert f[100] == pytest.approx(0.0, abs=1e-12)  # T_max stays 100 while epochs = 150
-    assert f[149] == pytest.approx(0.5 * (1 + np.cos(np.pi * 149 / 100)))
-    assert f[149] > 0.45
+    assert f[149] == pytest.approx(0.5 * (1 + np.cos(np.pi * 147 / 98)))  # rising again: 0.5 at the last epoch
+    assert f[149] == pytest.approx(0.5)
 
 
 def test_corrected_schedule_warms_up_and_ends_at_zero():

@@ -5,7 +5,8 @@ reference's ``models/cnn_adapter.py`` uses it): a weight-standardised 7x7/2 root
 GroupNorm(32) and ReLU, a 3x3/2 max-pool without padding, then bottleneck units in stages
 of 256, 512 and 1024 channels (``block_units`` 3, 4, 9). The decoder reads three maps:
 1/8 (512 ch), 1/4 (256 ch) and 1/2 (64 ch, the root). Maps that the unpadded max-pool
-leaves one pixel short are zero-padded to their nominal size, as TransUNet does.
+leaves one pixel short are zero-padded to their nominal size as skips, as TransUNet does;
+the next stage reads the unpadded map.
 
 The reference builds the third stage and computes it, but never reads its output; its
 parameters are still handed to the optimiser, so they count as trainable. The
@@ -79,6 +80,6 @@ class CNNAdapter(nn.Module):
     def forward(self, x: torch.Tensor) -> list[torch.Tensor]:
         h, w = x.shape[-2:]
         half = self.root(x)
-        quarter = self._pad_to(self.stage1(F.max_pool2d(half, 3, 2)), (h // 4, w // 4))
-        eighth = self.stage2(quarter)
-        return [eighth, quarter, half]
+        quarter = self.stage1(F.max_pool2d(half, 3, 2))
+        eighth = self.stage2(quarter)  # from the unpadded map, as TransUNet and the reference: only the skips are padded
+        return [self._pad_to(eighth, (h // 8, w // 8)), self._pad_to(quarter, (h // 4, w // 4)), half]

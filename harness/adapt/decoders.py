@@ -5,7 +5,8 @@ DenseBench code builds it): conv3x3(D->512)+BN+ReLU, then four blocks of
 [bilinear upsample, (conv3x3+BN+ReLU) x 2] with 256, 128, 64, 16 channels, and a
 conv3x3 head. The first three blocks upsample x2 and the last by ``patch / 8``
 (2 for patch 16, 1.75 for patch 14, 1 for patch 8), so the logits come out at the
-input resolution. ``linear`` is a 1x1 conv on the tokens, upsampled bilinearly.
+input resolution. The reference upsamples with ``nn.UpsamplingBilinear2d`` (corners
+aligned); ``align_corners`` chooses (the ``densebench`` preset: aligned). ``linear`` is a 1x1 conv on the tokens, upsampled bilinearly.
 Several tapped blocks are concatenated along channels.
 
 With ``skip_channels`` (the CNN adapter) the first three blocks concatenate a CNN feature
@@ -29,13 +30,13 @@ def _conv_bn_relu(cin: int, cout: int) -> nn.Sequential:
 
 
 class _UpBlock(nn.Module):
-    def __init__(self, cin: int, cout: int, scale: float, skip: int = 0) -> None:
+    def __init__(self, cin: int, cout: int, scale: float, skip: int = 0, align_corners: bool = False) -> None:
         super().__init__()
-        self.scale = scale
+        self.scale, self.align_corners = scale, align_corners
         self.convs = nn.Sequential(_conv_bn_relu(cin + skip, cout), _conv_bn_relu(cout, cout))
 
     def forward(self, x: torch.Tensor, skip: torch.Tensor | None = None) -> torch.Tensor:
-        x = F.interpolate(x, scale_factor=self.scale, mode="bilinear", align_corners=False)
+        x = F.interpolate(x, scale_factor=self.scale, mode="bilinear", align_corners=self.align_corners)
         if skip is not None:
             if x.shape[-2:] != skip.shape[-2:]:
                 x = F.interpolate(x, size=skip.shape[-2:], mode="bilinear", align_corners=False)
@@ -52,14 +53,15 @@ def _to_nchw(tokens: torch.Tensor) -> torch.Tensor:
 class TransUNetDecoder(nn.Module):
     channels = (256, 128, 64, 16)
 
-    def __init__(self, in_dim: int, num_classes: int, patch_size: int, skip_channels: tuple[int, int, int] | None = None) -> None:
+    def __init__(self, in_dim: int, num_classes: int, patch_size: int, skip_channels: tuple[int, int, int] | None = None,
+                 align_corners: bool = False) -> None:
         super().__init__()
         self.patch_size = patch_size
         self.root = _conv_bn_relu(in_dim, 512)
         scales = (2.0, 2.0, 2.0, 2.0 if skip_channels else patch_size / 8)
         skips = (*(skip_channels or (0, 0, 0)), 0)
         cins = (512, *self.channels[:-1])
-        self.blocks = nn.ModuleList(_UpBlock(ci, co, s, k) for ci, co, s, k in zip(cins, self.channels, scales, skips))
+        self.blocks = nn.ModuleList(_UpBlock(ci, co, s, k, align_corners) for ci, co, s, k in zip(cins, self.channels, scales, skips))
         self.head = nn.Conv2d(self.channels[-1], num_classes, 3, padding=1)
 
     def forward(self, tokens: torch.Tensor, skips: list[torch.Tensor] | None = None) -> torch.Tensor:
@@ -86,8 +88,10 @@ class LinearDecoder(nn.Module):
         return F.interpolate(x, scale_factor=self.patch_size, mode="bilinear", align_corners=False)
 
 
-def build_decoder(name: DecoderName | str, embed_dim: int, n_blocks: int, num_classes: int, patch_size: int) -> nn.Module:
+def build_decoder(name: DecoderName | str, embed_dim: int, n_blocks: int, num_classes: int, patch_size: int, align_corners: bool = False) -> nn.Module:
+    """``align_corners``: the transunet blocks' upsampling (the reference's ``UpsamplingBilinear2d``: True)."""
     if name not in DECODERS:
         raise ConfigError(f"unknown decoder '{name}'", f"use one of {', '.join(DECODERS)}")
-    cls = {"transunet": TransUNetDecoder, "linear": LinearDecoder}[name]
-    return cls(embed_dim * n_blocks, num_classes, patch_size)
+    if name == "transunet":
+        return TransUNetDecoder(embed_dim * n_blocks, num_classes, patch_size, align_corners=align_corners)
+    return LinearDecoder(embed_dim * n_blocks, num_classes, patch_size)

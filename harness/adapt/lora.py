@@ -27,6 +27,8 @@ import torch
 import torch.nn.functional as F
 from torch import nn
 
+from harness.config import REFERENCE_UNADAPTED
+
 #: An attention linear layer; the ``block`` group names the transformer block it belongs to.
 ATTENTION_LINEAR = re.compile(
     r"^(?P<block>.*\.\d+)\.(?:attn\.(?:qkv|proj)|attention\.[qkvo]_proj|self_attn\.(?:[qkv]|out)_proj\.A)$"
@@ -79,6 +81,11 @@ class ReferenceLoRALinear(nn.Module):
 def _set_module(root: nn.Module, name: str, module: nn.Module) -> None:
     parent, _, child = name.rpartition(".")
     setattr(root.get_submodule(parent) if parent else root, child, module)
+
+
+def reference_adapts(model: str, impl: Impl) -> bool:
+    """Whether LoRA/DoRA put adapters on ``model``: always with ``peft``; as the reference with ``densebench``."""
+    return impl != "densebench" or model not in REFERENCE_UNADAPTED
 
 
 def inject(backbone: nn.Module, kind: Kind, rank: int, alpha: float, impl: Impl) -> list[str]:

@@ -38,6 +38,7 @@ class Segmenter(nn.Module):
         self.extractor, self.strategy, self.decoder, self.blocks = extractor, strategy, decoder, blocks
         self.cnn, self.adapter = cnn, adapter
         self.backbone_frozen = strategy in FROZEN_BACKBONE
+        self.adapted_modules = 0  # backbone linears with a LoRA/DoRA adapter (set by build_segmenter)
 
     def train(self, mode: bool = True) -> Segmenter:
         super().train(mode)
@@ -57,7 +58,8 @@ class Segmenter(nn.Module):
 
 
 def build_segmenter(extractor: TokenExtractor, strategy: str, decoder: DecoderName, num_classes: int, blocks: tuple[int, ...],
-                    impl: lora.Impl = "densebench", rank: int = 16, alpha: float = 1.0, cnn_unused_stage: bool = True) -> Segmenter:
+                    impl: lora.Impl = "densebench", rank: int = 16, alpha: float = 1.0, cnn_unused_stage: bool = True,
+                    align_corners: bool = False) -> Segmenter:
     """Wrap ``extractor`` for ``strategy``; afterwards exactly the trainable parameters have ``requires_grad``."""
     if strategy not in STRATEGIES:
         raise ValueError(f"unknown strategy {strategy!r}; use one of {', '.join(STRATEGIES)}")
@@ -65,19 +67,22 @@ def build_segmenter(extractor: TokenExtractor, strategy: str, decoder: DecoderNa
     if strategy in ("cnn_adapter", "transformer_adapter") and len(blocks) != 1:
         raise ValueError(f"{strategy} reads one block (the reference: the last); got blocks {list(blocks)}")
     extractor.requires_grad_(strategy == "full")
-    if strategy in ("lora", "dora"):
-        lora.inject(extractor.backbone, strategy, rank, alpha, impl)  # type: ignore[arg-type]
+    adapted: list[str] = []
+    if strategy in ("lora", "dora") and lora.reference_adapts(spec.name, impl):
+        adapted = lora.inject(extractor.backbone, strategy, rank, alpha, impl)  # type: ignore[arg-type]
     cnn = adapter = None
     if strategy == "cnn_adapter":
         if decoder != "transunet":
             raise ValueError("cnn_adapter feeds skips to the transunet decoder; use --decoder transunet")
         cnn = CNNAdapter(with_unused_stage=cnn_unused_stage)
-        head: nn.Module = TransUNetDecoder(spec.embed_dim, num_classes, spec.patch_size, skip_channels=SKIP_CHANNELS)
+        head: nn.Module = TransUNetDecoder(spec.embed_dim, num_classes, spec.patch_size, skip_channels=SKIP_CHANNELS, align_corners=align_corners)
     else:
-        head = build_decoder(decoder, spec.embed_dim, len(blocks), num_classes, spec.patch_size)
+        head = build_decoder(decoder, spec.embed_dim, len(blocks), num_classes, spec.patch_size, align_corners)
     if strategy == "transformer_adapter":
         adapter = TransformerAdapter(spec.embed_dim)
-    return Segmenter(extractor, strategy, head, blocks, cnn, adapter)
+    model = Segmenter(extractor, strategy, head, blocks, cnn, adapter)
+    model.adapted_modules = len(adapted)
+    return model
 
 
 def trainable_parameters(model: nn.Module) -> int:

@@ -17,7 +17,7 @@ from rich.console import Console
 from rich.markup import escape
 
 from harness import constants
-from harness.config import DECODERS, ENGINES, PRESETS, ROI_PRESETS, TASKS
+from harness.config import AUGMENTS, DECODERS, ENGINES, PRESETS, ROI_PRESETS, TASKS
 
 out = Console()
 if not out.is_terminal:  # piped or captured: do not squeeze tables into 80 columns
@@ -33,6 +33,7 @@ RuntimeChoice = _choices("RuntimeChoice", ("auto", "docker", "local", "inprocess
 DecoderChoice = _choices("DecoderChoice", DECODERS)
 PresetChoice = _choices("PresetChoice", (*PRESETS, *ROI_PRESETS))
 InferenceChoice = _choices("InferenceChoice", ("resize", "slide"))
+AugmentChoice = _choices("AugmentChoice", AUGMENTS)
 ExecutorChoice = _choices("ExecutorChoice", ("local", "ray"))
 EngineChoice = _choices("EngineChoice", ("auto", *ENGINES))
 

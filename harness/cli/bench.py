@@ -10,6 +10,7 @@ from rich.table import Table
 from harness import constants
 from harness.cli._app import app
 from harness.cli._common import (
+    AugmentChoice,
     DataDirOpt,
     DatasetsOpt,
     DecoderChoice,
@@ -62,6 +63,9 @@ def bench(
     input_size: InputSizeOpt = None,
     inference: Annotated[Optional[InferenceChoice], typer.Option(help="Test-time inference: resize (the reference; densebench preset) | "  # type: ignore[valid-type]
                                                                  "slide (windows at the original resolution; corrected preset).")] = None,
+    augment: Annotated[Optional[AugmentChoice], typer.Option(help="Training augmentation: densebench (the reference's albumentations list; "  # type: ignore[valid-type]
+                                                             "densebench preset) | histology (it without rain/snow/fog; corrected preset) | none. "
+                                                             "A frozen run with augmentation extracts the augmented training batches every epoch.")] = None,
     window: Annotated[Optional[int], typer.Option(help="Slide window in px (default: the input size).", min=1)] = None,
     overlap: Annotated[Optional[float], typer.Option(help="Slide overlap between windows, 0..<1 (default 0.2).")] = None,
     endpoint: Annotated[Optional[str], typer.Option(help="host:port of a running feature server (e.g. compose/serve.yml); nothing is started. Frozen only.")] = None,
@@ -90,13 +94,13 @@ def bench(
     from harness.util.devices import resolve_device
 
     task_name = str(value(task))
-    if task_name != "segmentation" and (value(decoder) != "transunet" or blocks or inference):
-        raise ConfigError(f"--task {task_name} trains a head on the frozen CLS embedding", "drop --strategy, --decoder, --blocks and --inference")
+    if task_name != "segmentation" and (value(decoder) != "transunet" or blocks or inference or augment):
+        raise ConfigError(f"--task {task_name} trains a head on the frozen CLS embedding", "drop --strategy, --decoder, --blocks, --inference and --augment")
     models, datasets = split_list(model), split_list(dataset)
     if not models or not datasets:
         raise ConfigError("--model and --dataset need at least one name each", "e.g. pfmbench bench -m phikon -d nuclei-sample")
     seg = {"decoder": value(decoder), "blocks": tuple(int_list(blocks, "--blocks")) or None, "inference": value(inference),
-           "window": window, "overlap": overlap} if task_name == "segmentation" else {}
+           "augment": value(augment), "window": window, "overlap": overlap} if task_name == "segmentation" else {}
     # every configuration is resolved before the first run starts: a typo fails at once
     grid = expand_grid(task_name, models, datasets, split_list(strategy), [seed], runtime="endpoint" if endpoint else str(value(runtime)),
                        preset=value(preset), weights=weights, epochs=epochs, batch_size=batch_size, lr=lr, input_size=input_size, **seg)

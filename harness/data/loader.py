@@ -156,10 +156,20 @@ def read_pair(card: DatasetCard, sample: Sample) -> tuple[np.ndarray, np.ndarray
     return read_sample(card, sample)
 
 
-def resize_pair(image: np.ndarray, mask: np.ndarray, size: int) -> tuple[np.ndarray, np.ndarray]:
-    """The reference val/test transform: image bilinear, mask nearest, to ``size x size``."""
+def resize_pair(image: np.ndarray, mask: np.ndarray, size: int, method: str = "pil") -> tuple[np.ndarray, np.ndarray]:
+    """The val/test transform: image bilinear, mask nearest, to ``size x size``.
+
+    ``cv2`` is the reference's (albumentations ``Resize``: OpenCV linear, no antialiasing,
+    so a large downscale aliases); ``pil`` filters over the whole footprint when it shrinks.
+    Masks are nearest-neighbour either way.
+    """
     if image.shape[:2] == (size, size):
         return image, mask
+    if method == "cv2":
+        import cv2
+
+        return (cv2.resize(image, (size, size), interpolation=cv2.INTER_LINEAR),
+                cv2.resize(mask, (size, size), interpolation=cv2.INTER_NEAREST))
     img = np.asarray(Image.fromarray(image).resize((size, size), Image.Resampling.BILINEAR))
     msk = np.asarray(Image.fromarray(mask).resize((size, size), Image.Resampling.NEAREST))
     return img, msk
@@ -173,7 +183,7 @@ class SplitArrays:
     instances: np.ndarray | None = None  # int [N, S, S], cards with instances only
 
 
-def load_split_arrays(card: DatasetCard, samples: list[Sample], size: int) -> SplitArrays:
+def load_split_arrays(card: DatasetCard, samples: list[Sample], size: int, resize: str = "pil") -> SplitArrays:
     """Read, validate and resize a split into arrays (the small-data path used by the frozen strategy).
 
     For cards with instances, the true instance maps are resized too (nearest neighbour).
@@ -183,7 +193,7 @@ def load_split_arrays(card: DatasetCard, samples: list[Sample], size: int) -> Sp
     instances = np.empty((len(samples), size, size), np.int64) if card.instances else None
     for i, s in enumerate(samples):
         image, mask = read_pair(card, s)
-        images[i], masks[i] = resize_pair(image, mask, size)
+        images[i], masks[i] = resize_pair(image, mask, size, resize)
         if instances is not None:
             inst = read_instances(card, s, mask)
             instances[i] = np.asarray(Image.fromarray(inst.astype(np.int32)).resize((size, size), Image.Resampling.NEAREST))

@@ -209,6 +209,21 @@ def get_spec(name: str, models_dir: Path | None = None) -> ModelSpec:
     return _MODELS.get(name, models_dir)
 
 
+def spec_for_preset(spec: ModelSpec, preset: str | None) -> ModelSpec:
+    """``spec`` as ``preset`` runs it: ``densebench`` normalises MUSK with ImageNet statistics, as the reference.
+
+    The changed spec has its own hash, so its rows and cached features are keyed apart from
+    the model's own normalisation; a server is told with ``--mean``/``--std``
+    (:func:`harness.runtime.served.normalisation_args`).
+    """
+    from harness.config import DENSEBENCH_NORMALISATION
+
+    if preset != "densebench" or spec.name not in DENSEBENCH_NORMALISATION:
+        return spec
+    mean, std = DENSEBENCH_NORMALISATION[spec.name]
+    return spec.model_copy(update={"mean": mean, "std": std})
+
+
 def render_dockerfile(spec: ModelSpec, header: str = "") -> str:
     """The ``models/<name>/Dockerfile`` of ``spec``: the inverse of :func:`parse_dockerfile`.
 

@@ -35,13 +35,13 @@ def write_csv(board: Leaderboard, out: Path) -> Path:
     with out.open("w", newline="") as f:
         w = csv.writer(f, lineterminator="\n")
         w.writerow(["dataset", "strategy", "preset", "model", "weights", "seeds", board.metric, "ci_low", "ci_high", "rank",
-                    "published", "published_ci_low", "published_ci_high", "delta", "note"])
+                    "published", "published_ci_low", "published_ci_high", "delta", "note", "context"])
         for (dataset, strategy, preset), entries in board.groups().items():
             for e in entries:
                 p = e.published
                 w.writerow([dataset, strategy, preset, e.model, e.weights, e.n, f"{e.value:.4f}", f"{e.ci_low:.4f}", f"{e.ci_high:.4f}",
                             f"{e.rank:g}", "" if p is None else f"{p.mean:.4f}", "" if p is None else f"{p.ci_low:.4f}",
-                            "" if p is None else f"{p.ci_high:.4f}", "" if e.delta is None else f"{e.delta:+.4f}", e.note])
+                            "" if p is None else f"{p.ci_high:.4f}", "" if e.delta is None else f"{e.delta:+.4f}", e.note, e.context])
     return out
 
 

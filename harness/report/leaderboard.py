@@ -18,11 +18,9 @@ from __future__ import annotations
 from collections import defaultdict
 from dataclasses import dataclass, field
 
+from harness.config import REFERENCE_UNADAPTED
 from harness.report.published import PublishedValue, published
 from harness.report.ranks import average_ranks
-
-#: Models whose attention the reference's LoRA/DoRA did not wrap (its published LoRA/DoRA cells are frozen runs).
-REFERENCE_UNWRAPPED = {"phikon", "phikon_v2", "hibou_l", "midnight12k", "musk", "PathOrchestra"}
 
 
 @dataclass
@@ -122,8 +120,13 @@ def build_leaderboard(rows: list[dict], metric: str = "mDice", keys: dict[str, d
         ref_model, ref_dataset = keys["models"].get(model), keys["datasets"].get(dataset)
         if not e.random:
             e.published = published(strategy, ref_dataset, ref_model, metric)
-            if e.published is not None and strategy in ("lora", "dora") and ref_model in REFERENCE_UNWRAPPED:
-                e.note = "reference did not wrap this model's attention: its published value is a frozen run"
+            notes = []
+            if e.published is not None and strategy in ("lora", "dora") and model in REFERENCE_UNADAPTED:
+                notes.append("reference did not wrap this model's attention: its published value is a frozen run")
+            if e.published is not None:
+                # the reference trained and tested on split lists it never released: no published cell shares our test images
+                notes.append(f"splits differ: the reference's are unreleased; this entry's is the {_split_source(group[0]).removeprefix('split ') or 'card split'}")
+            e.note = "; ".join(notes)
         entries.append(e)
     board = Leaderboard(metric, entries)
     by_cell: dict[tuple, list[Entry]] = defaultdict(list)
@@ -150,6 +153,8 @@ def run_context(row: dict) -> str:
         augment = None
     if augment:
         parts.append(f"augment {augment}")
+    if row.get("adapted_modules") == 0:
+        parts.append("no adapter: frozen backbone, as the reference's LoRA/DoRA for this model")
     if split := _split_source(row):
         parts.append(split)
     return ", ".join(parts)

@@ -12,7 +12,7 @@ from datetime import datetime
 
 from pydantic import BaseModel, ConfigDict
 
-SCHEMA_VERSION = 6
+SCHEMA_VERSION = 7
 
 #: Row tasks: dense segmentation, and GPFM's ROI tasks on the frozen CLS (linear probe, kNN).
 TASKS = ("segmentation", "roi-linear", "roi-knn")
@@ -103,6 +103,9 @@ class ResultRow(BaseModel):
     best_val: float
     trainable_params: int | None = None  # decoder + adapter (+ backbone for full)
     step_time_s: float | None = None  # median optimiser step of the training job (None: frozen, decoder-only)
+    #: LoRA/DoRA: backbone linears given an adapter. 0 where the densebench preset reproduces the reference's
+    #: coverage (its LoRA/DoRA skip six models: docs/fidelity.md). Schema 7; other strategies and older rows: null.
+    adapted_modules: int | None = None
 
     # provenance
     harness_version: str

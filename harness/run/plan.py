@@ -12,10 +12,10 @@ from dataclasses import dataclass
 
 from pydantic import ValidationError
 
-from harness.config import ENGINES, PRESETS, ROI_PRESETS, RoiConfig, RunConfig, extract_dtype, run_key
+from harness.config import DENSEBENCH_INPUT_SIZE, ENGINES, PRESETS, ROI_PRESETS, RoiConfig, RunConfig, extract_dtype, run_key
 from harness.data.cards import DatasetCard, get_card
 from harness.errors import ConfigError, option_problem
-from harness.models.spec import ModelSpec, get_spec, resolve_blocks
+from harness.models.spec import ModelSpec, get_spec, resolve_blocks, spec_for_preset
 from harness.models.weights import ResolvedWeights, resolve_weights
 from harness.runtime import choose_runtime
 from harness.util.devices import compute_tag
@@ -86,9 +86,11 @@ def expand_grid(task: str, models: Iterable[str], datasets: Iterable[str], strat
     return out
 
 
-def input_size_for(requested: int | None, card: DatasetCard, spec: ModelSpec) -> int:
-    """The square input size: ``requested``, else the card's rule for the model's patch size; a multiple of the patch size."""
-    size = requested or card.input_size.for_patch(spec.patch_size)
+def input_size_for(requested: int | None, card: DatasetCard, spec: ModelSpec, preset: str | None = None) -> int:
+    """The square input size: ``requested``, else the preset's fixed size for the model (``densebench``: MUSK 384),
+    else the card's rule for the model's patch size; a multiple of the patch size."""
+    fixed = DENSEBENCH_INPUT_SIZE.get(spec.name) if preset == "densebench" else None
+    size = requested or fixed or card.input_size.for_patch(spec.patch_size)
     if size % spec.patch_size:
         raise ConfigError(f"input size {size} is not a multiple of {spec.name}'s patch size {spec.patch_size}", f"use a multiple of {spec.patch_size}")
     return size
@@ -126,11 +128,11 @@ def plan_run(cfg: AnyConfig, image: str | None = None, device: str = "cpu", engi
     ``device`` (resolved: ``cpu``, ``cuda:N``) and ``engine`` say how the backbone computes:
     a GPU run, or one through ``torch.compile`` or onnxruntime, has a key of its own.
     """
-    spec = get_spec(cfg.model)
+    spec = spec_for_preset(get_spec(cfg.model), cfg.preset)  # densebench: MUSK normalised as the reference
     card = get_card(cfg.dataset)
     card.check_task(getattr(cfg, "task", "segmentation"))
     blocks = _blocks(cfg, spec)
-    size = input_size_for(cfg.input_size, card, spec)
+    size = input_size_for(cfg.input_size, card, spec, cfg.preset)
     weights = resolve_weights(spec, cfg.weights, init_seed=cfg.init_seed)
     digest = image_digest(cfg.runtime, spec, image)
     if engine not in ENGINES:

@@ -26,11 +26,17 @@ from harness.results.schema import METRICS, ResultRow
 SLIDE_BATCH = 8
 
 
-def load_splits(card: DatasetCard, size: int, data_dir: Path | None) -> tuple[dict[str, SplitArrays], dict[str, list[Sample]]]:
-    """The three splits resized to ``size`` (arrays), and the samples behind them."""
+def load_splits(card: DatasetCard, size: int, data_dir: Path | None, resize: str = "pil") -> tuple[dict[str, SplitArrays], dict[str, list[Sample]]]:
+    """The three splits resized to ``size`` by ``resize`` (arrays), and the samples behind them."""
     root = dataset_root(card, data_dir)
     parts = split(card, discover(card, root))
-    return {name: load_split_arrays(card, parts[name], size) for name in SPLITS}, parts
+    return {name: load_split_arrays(card, parts[name], size, resize) for name in SPLITS}, parts
+
+
+def train_originals(card: DatasetCard, parts: dict[str, list[Sample]]) -> tuple[list[np.ndarray], list[np.ndarray]]:
+    """The training split at its original resolution: what augmentation crops from."""
+    originals = load_originals(card, parts["train"])
+    return originals.images, originals.masks
 
 
 def score_test(cfg: RunConfig, card: DatasetCard, data: dict[str, SplitArrays], parts: dict[str, list[Sample]], size: int,
@@ -69,7 +75,8 @@ def score_test(cfg: RunConfig, card: DatasetCard, data: dict[str, SplitArrays], 
 def make_row(cfg: RunConfig, spec: ModelSpec, card: DatasetCard, weights_label: str, blocks: tuple[int, ...], size: int,
              data: dict[str, SplitArrays], rep: SegmentationReport, best_epoch: int, best_val: float, transfer: str, digest: str | None,
              wall: float, instance_scores: dict[str, float] | None = None, trainable: int | None = None, step_s: float | None = None,
-             key: str | None = None, device: str = "cpu", precision: str | None = "fp32", engine: str | None = "torch") -> ResultRow:
+             key: str | None = None, device: str = "cpu", precision: str | None = "fp32", engine: str | None = "torch",
+             adapted_modules: int | None = None) -> ResultRow:
     """The result row of a finished run (test report, selection, provenance)."""
     metric_cols: dict[str, float] = {}
     for m in METRICS:
@@ -95,6 +102,7 @@ def make_row(cfg: RunConfig, spec: ModelSpec, card: DatasetCard, weights_label: 
         "best_epoch": best_epoch,
         "best_val": best_val,
         "trainable_params": trainable,
+        "adapted_modules": adapted_modules,
         "step_time_s": None if step_s is None or step_s != step_s else round(step_s, 6),
         "engine": engine,
         **provenance.row_provenance(wall, device, precision),

@@ -20,14 +20,15 @@ import torch
 
 from harness.client.feature_cache import FeatureCache, FeatureKey, host_environment, on_device, pixels_hash
 from harness.config import RunConfig
+from harness.data.augment import TrainImages, training_images
 from harness.data.loader import SplitArrays
 from harness.results.schema import ResultRow
 from harness.run.plan import Plan
-from harness.run.scoring import load_splits, make_row, score_test
+from harness.run.scoring import load_splits, make_row, score_test, train_originals
 from harness.run.task import RunContext
 from harness.runtime import Runtime, make_runtime
 from harness.serve import protocol
-from harness.train.frozen import SplitFeatures, train_frozen
+from harness.train.frozen import SplitFeatures, TrainFeatures, train_frozen
 from harness.train.launch import finish_run_dir, run_training_job
 from harness.util.devices import CPU_EXTRACT_BATCH, autocast, extraction_batch, precision
 from harness.util.pipeline import ahead
@@ -69,6 +70,28 @@ def feature_keys(plan: Plan, data: dict[str, SplitArrays]) -> dict[str, FeatureK
     }
 
 
+class OnlineFeatures:
+    """A frozen run's augmented training batches, through the runtime as training reaches them.
+
+    What the reference computes: the backbone sees a fresh augmentation of every training
+    image in every epoch, so these features are never cached (they would be epochs x the
+    split). Val and test features still come from the cache. ``prefetch`` keeps the
+    runtime's requests in flight while the decoder trains on the batch before.
+    """
+
+    def __init__(self, images: TrainImages, runtime: Runtime, blocks: tuple[int, ...]) -> None:
+        self.images, self.runtime, self.blocks = images, runtime, blocks
+        self.prefetch = runtime.in_flight
+
+    def __len__(self) -> int:
+        return len(self.images)
+
+    def batch(self, indices: np.ndarray, epoch: int) -> tuple[np.ndarray, np.ndarray]:
+        images, masks = self.images.batch(indices, epoch)
+        tokens, _ = self.runtime.infer(images, self.blocks)
+        return tokens, masks
+
+
 class SegmentationTask:
     """Dense masks on a segmentation card: every strategy, both presets."""
 
@@ -98,16 +121,18 @@ def _run_frozen(plan: Plan, data_dir: Path | None, show_progress: bool, endpoint
     """The ``frozen`` strategy: features through the runtime once (or from the cache), then decoder epochs here, on ``device``."""
     started = time.perf_counter()
     cfg, spec, card, blocks, size = _config(plan), plan.spec, plan.card, plan.blocks, plan.size
-    data, parts = load_splits(card, size, data_dir)
+    data, parts = load_splits(card, size, data_dir, cfg.resize)
     torch.manual_seed(cfg.seed)
 
-    keys = feature_keys(plan, data) if cache is not None else None
+    online = cfg.augment != "none"  # augmented training batches go through the runtime as training reaches them
+    fixed = {name: d for name, d in data.items() if not (online and name == "train")}
+    keys = feature_keys(plan, fixed) if cache is not None else None
     tokens = {name: cache.get(key) for name, key in keys.items()} if cache is not None and keys else {}
-    missing = [name for name in data if tokens.get(name) is None]
+    missing = [name for name in fixed if tokens.get(name) is None]
     transfer, digest = "cache", None
     with contextlib.ExitStack() as stack:
         runtime: Runtime | None = None
-        if missing or cfg.inference == "slide":
+        if missing or online or cfg.inference == "slide":
             runtime = stack.enter_context(make_runtime(cfg.runtime, spec, plan.weights, endpoint=endpoint, **runtime_options))
             transfer, digest = runtime.transfer, runtime.image_digest
         if missing:
@@ -120,18 +145,22 @@ def _run_frozen(plan: Plan, data_dir: Path | None, show_progress: bool, endpoint
                     batches = iter_features(runtime, data[name].images, blocks, batch=extraction_batch(device, spec, size, len(blocks), protocol.MAX_BATCH),
                                              on_batch=lambda n: bar.advance(task, n))
                     tokens[name] = cache.put(keys[name], batches) if cache is not None and keys else np.concatenate(list(batches))
-        if runtime is not None and cfg.inference == "resize":  # nothing more to extract: free the server before training
+        if runtime is not None and cfg.inference == "resize" and not online:  # nothing more to extract: free the server before training
             runtime.stop()
-        feats = {name: SplitFeatures(_present(tokens[name]), d.masks) for name, d in data.items()}
+        feats = {name: SplitFeatures(_present(tokens[name]), d.masks) for name, d in fixed.items()}
+        train: TrainFeatures = feats["train"] if not online else OnlineFeatures(
+            training_images(cfg.augment, size, cfg.seed, (data["train"].images, data["train"].masks), lambda: train_originals(card, parts)),
+            runtime, blocks)  # type: ignore[arg-type]
 
         with progress_bar(show_progress) as bar:
-            task = bar.add_task(f"train {cfg.decoder} decoder", total=cfg.epochs, info="")
+            label = f"train {cfg.decoder} decoder" + (f" (augment {cfg.augment}: features through {runtime.name} each epoch)" if online and runtime else "")
+            task = bar.add_task(label, total=cfg.epochs, info="")
 
             def on_epoch(epoch: int, rec: dict[str, float]) -> None:
                 bar.update(task, advance=1, info=f"loss {rec['loss']:.4f} val {cfg.select_metric} {rec['val_' + cfg.select_metric]:.4f}")
 
             test_feats = feats["test"] if cfg.inference == "resize" else None
-            result = train_frozen(cfg, feats["train"], feats["val"], test_feats, card.num_classes, spec.patch_size, card.ignore_index, on_epoch,
+            result = train_frozen(cfg, train, feats["val"], test_feats, card.num_classes, spec.patch_size, card.ignore_index, on_epoch,
                                   device=device)
 
         def windows(tiles: np.ndarray) -> np.ndarray:

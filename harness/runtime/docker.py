@@ -23,7 +23,7 @@ from harness.models.spec import ModelSpec
 from harness.models.weights import ResolvedWeights
 from harness.runtime.images import docker_client, ensure_image, image_identity
 from harness.runtime.owners import RUN_LABEL, owner_labels, reap_orphan_containers
-from harness.runtime.served import ServedOptions, ServedRuntime, server_dtype_args
+from harness.runtime.served import ServedOptions, ServedRuntime, normalisation_args, server_dtype_args
 from harness.util.devices import docker_device_requests, inside_device, resolve_device
 from harness.util.procgroup import STOP_NOW
 
@@ -48,7 +48,7 @@ def server_container(spec: ModelSpec, weights: ResolvedWeights, device: str, nam
     return {
         "command": ["python", "-m", "harness.serve", "--model", spec.name, "--weights", weights_arg, "--init-seed", str(weights.init_seed),
                     "--device", inside_device(device), "--engine", engine, "--host", "0.0.0.0", "--grpc-port", str(GRPC_PORT),
-                    "--http-port", str(HTTP_PORT), *server_dtype_args(device, dtype)],
+                    "--http-port", str(HTTP_PORT), *server_dtype_args(device, dtype), *normalisation_args(spec)],
         "name": name, "environment": {constants.TOKEN_ENV: token},
         "ports": {f"{GRPC_PORT}/tcp": ("127.0.0.1", None), f"{HTTP_PORT}/tcp": ("127.0.0.1", None)},
         "ipc_mode": "host", "volumes": volumes, "labels": {RUN_LABEL: name, "org.pfmbench.model": spec.name, **owner_labels()},

@@ -22,7 +22,7 @@ from typing import Unpack
 from harness import constants
 from harness.models.spec import ModelSpec
 from harness.models.weights import ResolvedWeights
-from harness.runtime.served import ServedOptions, ServedRuntime, server_dtype_args
+from harness.runtime.served import ServedOptions, ServedRuntime, normalisation_args, server_dtype_args
 from harness.util.devices import inside_device, visible_devices_env
 from harness.util.procgroup import spawn_group, stop_group
 
@@ -84,6 +84,7 @@ class LocalRuntime(ServedRuntime):
             "--weights", self.weights.to_arg(), "--init-seed", str(self.weights.init_seed),
             "--host", "127.0.0.1", "--http-port", str(http), "--grpc-port", str(grpc), "--metrics-port", str(metrics),
         ]
+        cmd += normalisation_args(self.spec)
         if self.device:
             cmd += ["--device", inside_device(self.device)] + server_dtype_args(self.device, self.dtype)
         if self.engine != "torch":

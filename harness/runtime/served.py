@@ -23,7 +23,7 @@ import numpy as np
 from harness import constants
 from harness.client.triton import FeatureClient, Transfer
 from harness.errors import ServerDiedError, ServerError
-from harness.models.spec import ModelSpec
+from harness.models.spec import ModelSpec, get_spec
 from harness.models.weights import ResolvedWeights
 from harness.runtime.base import Runtime
 
@@ -164,3 +164,11 @@ class ServedRuntime(Runtime):
                 client.close()
             except Exception:  # the server may already be gone; the regions are unlinked anyway
                 pass
+
+
+def normalisation_args(spec: ModelSpec) -> list[str]:
+    """``--mean``/``--std`` for a server whose spec normalises otherwise than the model's labels (:func:`spec_for_preset`); else none."""
+    own = get_spec(spec.name)
+    if (spec.mean, spec.std) == (own.mean, own.std):
+        return []
+    return ["--mean", ",".join(map(str, spec.mean)), "--std", ",".join(map(str, spec.std))]

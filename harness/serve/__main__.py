@@ -26,6 +26,8 @@ def main(argv: list[str] | None = None) -> None:
     p.add_argument("--engine", default="torch", choices=["torch", "compile", "onnx"],
                    help="eager PyTorch, torch.compile, or onnxruntime on the model's ONNX export")
     p.add_argument("--dtype", default="bf16", choices=["bf16", "fp16"], help="autocast dtype of the forward on a GPU (a CPU computes in fp32)")
+    p.add_argument("--mean", default=None, help="comma-separated RGB mean replacing the model's label (the densebench preset's MUSK: ImageNet)")
+    p.add_argument("--std", default=None, help="comma-separated RGB std replacing the model's label")
     p.add_argument("--threads", type=int, default=None, help="torch intra-op threads (default: torch's choice, one per core)")
     args = p.parse_args(argv)
     if args.threads:
@@ -34,7 +36,10 @@ def main(argv: list[str] | None = None) -> None:
         torch.set_num_threads(args.threads)
     logging.basicConfig(level=logging.INFO, format="%(asctime)s %(name)s %(message)s")
     try:
-        serve(get_spec(args.model), args.weights, args.init_seed, args.host, args.http_port, args.grpc_port, args.metrics_port, args.device, engine=args.engine, dtype=args.dtype)
+        spec = get_spec(args.model)
+        if args.mean or args.std:
+            spec = spec.model_copy(update={k: tuple(float(v) for v in getattr(args, k).split(",")) for k in ("mean", "std") if getattr(args, k)})
+        serve(spec, args.weights, args.init_seed, args.host, args.http_port, args.grpc_port, args.metrics_port, args.device, engine=args.engine, dtype=args.dtype)
     except PfmbenchError as exc:  # a device, weights or model error: the log's last line says it, as the CLI would
         print(f"error: {exc.one_line()}", file=sys.stderr, flush=True)
         sys.exit(1)

@@ -122,7 +122,7 @@ class LocalExecutor:
         self.pending: deque[Job] = deque()
         self.unstarted: list[tuple[Job, Attempt]] = []  # attempts that failed before their process started
         self.share_servers = share_servers
-        self.servers: dict[tuple[str, int | None, str], object] = {}  # (model, GPU, autocast dtype) -> its running ServedRuntime
+        self.servers: dict[tuple[str, int | None, str, str], object] = {}  # (model, GPU, autocast dtype, spec hash) -> its running ServedRuntime
         self.server_starts = 0
 
     def _server(self, job: Job, gpu: int | None):
@@ -133,17 +133,19 @@ class LocalExecutor:
         cfg = job.config
         if not self.share_servers or cfg.strategy != "frozen" or cfg.runtime not in ("local", "docker") or cfg.inference != "resize":
             return None
-        key = (cfg.model, gpu, extract_dtype(cfg.preset))  # on a GPU, the preset's autocast dtype is the server's
+        from harness.models.spec import get_spec, spec_for_preset
+
+        spec = spec_for_preset(get_spec(cfg.model), cfg.preset)
+        # on a GPU, the preset's autocast dtype is the server's; the preset may normalise otherwise (the spec's hash)
+        key = (cfg.model, gpu, extract_dtype(cfg.preset), spec.spec_hash())
         runtime = self.servers.get(key)
         if runtime is not None and runtime.alive():  # type: ignore[attr-defined]
             return runtime
         if runtime is not None:
             runtime.stop()  # type: ignore[attr-defined]
-        from harness.models.spec import get_spec
         from harness.models.weights import resolve_weights
         from harness.runtime import make_runtime
 
-        spec = get_spec(cfg.model)
         runtime = make_runtime(cfg.runtime, spec, resolve_weights(spec, cfg.weights, cfg.init_seed), device=None if gpu is None else f"cuda:{gpu}",
                                dtype=key[2])
         self.servers[key] = runtime

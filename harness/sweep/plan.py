@@ -120,18 +120,21 @@ def _train_seconds(job: Job, size: int, train: int, train_perf: dict[tuple[str, 
 def estimate_job(job: Job, perf: dict[str, dict] | None, train_perf: dict[tuple[str, str], dict] | None = None) -> JobEstimate:
     from harness.data.cards import get_card
     from harness.models.spec import get_spec, resolve_blocks
+    from harness.run.plan import input_size_for
 
     card, spec = get_card(job.config.dataset), get_spec(job.model)
     n = card.expected.files or 0
     train, val, test = (round(n * r) for r in card.split.ratios)
-    size = job.config.input_size or card.input_size.for_patch(spec.patch_size)
+    size = input_size_for(job.config.input_size, card, spec, job.config.preset)
     cfg = job.config
     per_image = _seconds_per_image(job, size, perf)
     n_blocks = len(resolve_blocks(cfg.blocks or spec.blocks, spec.depth))
     decoder = _decoder_flops(cfg.decoder, spec.embed_dim, n_blocks, card.num_classes, spec.patch_size, size) / _flops(job.model, size)
     measured = _train_seconds(job, size, train, train_perf)
     if cfg.strategy == "frozen":
-        backbone = n + decoder * cfg.epochs * 3 * train
+        # augmented training batches go through the backbone every epoch; without augmentation every split once, to the cache
+        extracted = val + test + cfg.epochs * train if cfg.augment != "none" else n
+        backbone = extracted + decoder * cfg.epochs * 3 * train
     elif measured is not None:  # a measured optimiser step covers the backbone, adapter and decoder of the train images
         backbone = measured / per_image + cfg.epochs * val + test
     else:

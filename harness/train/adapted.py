@@ -5,6 +5,9 @@ trainable parameters, the preset's schedule stepped per epoch, Dice loss, gradie
 clipping, fp16 autocast with a GradScaler on a GPU, validation after every epoch and the
 best state kept by the preset's selection metric (strict ``>``).
 
+Training images come from :func:`harness.data.augment.training_images`: the resized split,
+or the originals augmented per (seed, epoch, sample).
+
 Resumable: after every epoch a checkpoint (trainable state, optimiser, scaler, the data
 order generator, the RNG, the best state so far and the history) is written atomically.
 Given the checkpoint, the loop continues at the next epoch and ends where an
@@ -23,6 +26,7 @@ import torch
 
 from harness.adapt.strategies import Segmenter, trainable_parameters, trainable_state
 from harness.config import RunConfig
+from harness.data.augment import TrainImages
 from harness.data.loader import SplitArrays
 from harness.train.checkpoint import load_checkpoint, save_checkpoint
 from harness.train.frozen import dice_loss, epoch_batches, epoch_record, set_epoch_lr
@@ -89,7 +93,7 @@ def train_step(model: Segmenter, opt: torch.optim.Optimizer, scaler: torch.amp.G
 def train_adapted(
     cfg: RunConfig,
     model: Segmenter,
-    train: SplitArrays,
+    train: TrainImages,
     val: SplitArrays,
     num_classes: int,
     ignore_index: int,
@@ -128,10 +132,11 @@ def train_adapted(
         lr = set_epoch_lr(opt, epoch, cfg)
         model.train()
         losses = []
-        for idx in epoch_batches(len(train.images), cfg.batch_size, gen):
+        for idx in epoch_batches(len(train), cfg.batch_size, gen):
             t0 = time.perf_counter()
-            images = torch.from_numpy(train.images[idx]).to(device)
-            target = torch.from_numpy(train.masks[idx]).long().to(device)
+            batch_images, batch_masks = train.batch(idx, epoch)
+            images = torch.from_numpy(batch_images).to(device)
+            target = torch.from_numpy(batch_masks).long().to(device)
             losses.append(train_step(model, opt, scaler, params, images, target, cfg.grad_clip, ignore_index, cfg.amp))
             step_times.append(time.perf_counter() - t0)
         record = epoch_record(epoch, losses, lr, predict(model, val.images, cfg.batch_size, device, cfg.amp), val.masks, num_classes, ignore_index)

@@ -1,8 +1,9 @@
 """Train a decoder on frozen token grids, select it on validation, score it on test.
 
-The backbone is not here: its features were extracted once through the runtime (the
-reference's val/test transform is a plain resize, and ``augment=none`` keeps training
-inputs fixed too), so every epoch costs only the decoder. This is the ``frozen``
+The backbone is not here: val/test features were extracted once through the runtime (the
+reference's val/test transform is a plain resize). Training features are cached too with
+``augment=none``, so every epoch costs only the decoder; with augmentation each epoch's
+augmented batches go through the runtime as training reaches them (``TrainFeatures``). This is the ``frozen``
 strategy of the reference protocol; losses, optimiser and schedule follow
 ``protocol.md`` and are set by :class:`~harness.config.RunConfig`.
 """
@@ -13,6 +14,7 @@ import copy
 import math
 from collections.abc import Callable
 from dataclasses import dataclass
+from typing import Protocol
 
 import numpy as np
 import torch
@@ -42,15 +44,17 @@ def dice_loss(logits: torch.Tensor, target: torch.Tensor, ignore_index: int = 25
 def lr_factor(epoch: int, cfg: RunConfig) -> float:
     """Learning-rate multiplier of a 0-based epoch.
 
-    ``densebench`` reproduces the reference: warmup factor ``epoch / warmup`` from epoch
-    0 (so the first epoch runs at LR 0) and a cosine with ``T_max`` fixed at 100 whatever
-    the epoch count (so LR reaches 0 at epoch 100 and rises after). ``cosine`` warms up
-    linearly from ``1 / warmup`` and anneals to 0 exactly at the last epoch.
+    ``densebench`` is the reference's ``CosineAnnealingWithWarmup`` (``utils/scheduler.py``),
+    stepped once per epoch: factor ``epoch / warmup`` during warm-up (so the first epoch runs
+    at LR 0), then ``(1 + cos(pi (epoch - warmup) / (T_max - warmup))) / 2`` with ``T_max``
+    fixed at 100 whatever the epoch count (so LR reaches 0 at epoch 100 and rises after).
+    ``cosine`` warms up linearly from ``1 / warmup`` and anneals to 0 exactly at the last epoch.
     """
     w = cfg.warmup_epochs
     if cfg.schedule == "densebench":
-        warm = epoch / w if w and epoch < w else 1.0
-        return warm * 0.5 * (1 + math.cos(math.pi * epoch / (cfg.cosine_t_max or 100)))
+        if w and epoch < w:
+            return epoch / w
+        return 0.5 * (1 + math.cos(math.pi * (epoch - w) / ((cfg.cosine_t_max or 100) - w)))
     if w and epoch < w:
         return (epoch + 1) / w
     span = max(1, cfg.epochs - w)
@@ -79,10 +83,33 @@ def epoch_record(epoch: int, losses: list[float], lr: float, val_pred: np.ndarra
     return {"epoch": epoch, "loss": float(np.mean(losses)) if losses else float("nan"), "lr": lr, **{f"val_{k}": v for k, v in val_scores.items()}}
 
 
+#: Batches of the feature cache read ahead: the next one is gathered from the memory map (disk, then a copy) and
+#: pinned while the device runs this one.
+PREFETCH_DEPTH = 2
+
+
 @dataclass
 class SplitFeatures:
     tokens: np.ndarray  # fp16 [N, L, h, w, D], in memory or a read-only memory map of the feature cache
     masks: np.ndarray  # uint8 [N, S, S]
+    prefetch = PREFETCH_DEPTH
+
+    def __len__(self) -> int:
+        return len(self.tokens)
+
+    def batch(self, indices: np.ndarray, epoch: int) -> tuple[np.ndarray, np.ndarray]:
+        """The same features every epoch (``augment=none``, or a val/test split)."""
+        return self.tokens[indices], self.masks[indices]
+
+
+class TrainFeatures(Protocol):
+    """A training split's token grids by batch and epoch: cached (:class:`SplitFeatures`) or extracted online from augmented images."""
+
+    prefetch: int
+
+    def __len__(self) -> int: ...
+
+    def batch(self, indices: np.ndarray, epoch: int) -> tuple[np.ndarray, np.ndarray]: ...
 
 
 @dataclass
@@ -101,11 +128,6 @@ ProgressFn = Callable[[int, dict[str, float]], None]
 def as_tensor(a: np.ndarray) -> torch.Tensor:
     """A tensor of ``a``; a slice of a read-only memory map (the feature cache) is copied into memory first."""
     return torch.from_numpy(a if a.flags.writeable else np.array(a))
-
-
-#: Batches of the feature cache read ahead: the next one is gathered from the memory map (disk, then a copy) and
-#: pinned while the device runs this one.
-PREFETCH_DEPTH = 2
 
 
 def host_tensor(a: np.ndarray, device: torch.device) -> torch.Tensor:
@@ -130,7 +152,7 @@ def _predict(decoder: torch.nn.Module, tokens: np.ndarray, batch_size: int, devi
 
 def train_frozen(
     cfg: RunConfig,
-    train: SplitFeatures,
+    train: TrainFeatures,
     val: SplitFeatures,
     test: SplitFeatures | None,
     num_classes: int,
@@ -141,9 +163,9 @@ def train_frozen(
 ) -> FrozenResult:
     """Train on ``device`` (a resolved one: ``cpu``, ``cuda:N``), batches fed from the cache through pinned memory, one ahead."""
     torch.manual_seed(cfg.seed)
-    n_blocks, embed_dim = train.tokens.shape[1], train.tokens.shape[-1]
+    n_blocks, embed_dim = val.tokens.shape[1], val.tokens.shape[-1]
     dev = torch.device(device)
-    decoder = build_decoder(cfg.decoder, embed_dim, n_blocks, num_classes, patch_size).to(dev)
+    decoder = build_decoder(cfg.decoder, embed_dim, n_blocks, num_classes, patch_size, cfg.align_corners).to(dev)
     opt = torch.optim.Adam(decoder.parameters(), lr=cfg.lr, betas=(0.9, 0.999), weight_decay=cfg.weight_decay)
     gen = torch.Generator().manual_seed(cfg.seed)
     best_val, best_epoch, best_state = -1.0, -1, copy.deepcopy(decoder.state_dict())
@@ -152,8 +174,11 @@ def train_frozen(
         lr = set_epoch_lr(opt, epoch, cfg)
         decoder.train()
         losses = []
-        batches = ahead(lambda idx: (host_tensor(train.tokens[idx], dev), host_tensor(train.masks[idx], dev)),
-                        epoch_batches(len(train.tokens), cfg.batch_size, gen), PREFETCH_DEPTH, name="prefetch")
+        def gather(idx: np.ndarray, epoch: int = epoch) -> tuple[torch.Tensor, torch.Tensor]:
+            tokens, masks = train.batch(idx, epoch)
+            return host_tensor(tokens, dev), host_tensor(masks, dev)
+
+        batches = ahead(gather, epoch_batches(len(train), cfg.batch_size, gen), train.prefetch, name="prefetch")
         for tokens, masks in batches:
             logits = decoder(on_device(tokens, dev))
             loss = dice_loss(logits, on_device(masks, dev).long(), ignore_index)

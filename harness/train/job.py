@@ -68,11 +68,13 @@ def parse_event(line: str) -> dict | None:
 def run_job(run_dir: Path, emit: EventFn = stdout_events) -> ResultRow:
     """Train, select, test and write ``result.json``; resumes from ``checkpoint.pt`` if there is one."""
     from harness.adapt.strategies import build_segmenter, trainable_state
+    from harness.data.augment import training_images
     from harness.data.cards import DatasetCard
     from harness.models.builders import build_extractor
-    from harness.models.spec import get_spec, resolve_blocks
+    from harness.models.spec import get_spec, resolve_blocks, spec_for_preset
     from harness.models.weights import ResolvedWeights
-    from harness.run.scoring import load_splits, make_row, score_test
+    from harness.run.plan import input_size_for
+    from harness.run.scoring import load_splits, make_row, score_test, train_originals
     from harness.train.adapted import predict, predict_logits, train_adapted
     from harness.train.checkpoint import save_checkpoint
     from harness.util.atomic import atomic_write_json
@@ -84,16 +86,18 @@ def run_job(run_dir: Path, emit: EventFn = stdout_events) -> ResultRow:
         emit("done", {"resumed_from": "finished"})
         return ResultRow.model_validate_json(done.read_text())
     cfg = job.config
-    spec, card = get_spec(cfg.model), DatasetCard.model_validate(job.card)
+    spec, card = spec_for_preset(get_spec(cfg.model), cfg.preset), DatasetCard.model_validate(job.card)
     blocks = resolve_blocks(cfg.blocks or spec.blocks, spec.depth)
-    size = cfg.input_size or card.input_size.for_patch(spec.patch_size)
+    size = input_size_for(cfg.input_size, card, spec, cfg.preset)  # as the harness planned it
     device = torch.device(resolve_device(job.device))
     weights = ResolvedWeights.random(cfg.init_seed) if job.weights == "random" else ResolvedWeights(kind="dir", path=Path(job.weights), sha256=job.weights_label.removeprefix("sha256:"), init_seed=cfg.init_seed)
     torch.manual_seed(cfg.seed)  # decoder and adapter init: the same in a fresh process and in this one
     model = build_segmenter(build_extractor(spec, weights), cfg.strategy, cfg.decoder, card.num_classes, blocks,
-                            impl=cfg.adapter_impl, rank=cfg.lora_rank, alpha=cfg.lora_alpha, cnn_unused_stage=cfg.cnn_unused_stage)
-    data, parts = load_splits(card, size, Path(job.data_dir))
-    result = train_adapted(cfg, model, data["train"], data["val"], card.num_classes, card.ignore_index, device,
+                            impl=cfg.adapter_impl, rank=cfg.lora_rank, alpha=cfg.lora_alpha, cnn_unused_stage=cfg.cnn_unused_stage,
+                            align_corners=cfg.align_corners)
+    data, parts = load_splits(card, size, Path(job.data_dir), cfg.resize)
+    train = training_images(cfg.augment, size, cfg.seed, (data["train"].images, data["train"].masks), lambda: train_originals(card, parts))
+    result = train_adapted(cfg, model, train, data["val"], card.num_classes, card.ignore_index, device,
                            checkpoint=run_dir / CHECKPOINT_FILE, on_event=emit)
     save_checkpoint({"model": trainable_state(result.model), "best_epoch": result.best_epoch, "best_val": result.best_val}, run_dir / BEST_FILE)
     emit("test", {"inference": cfg.inference})
@@ -105,7 +109,8 @@ def run_job(run_dir: Path, emit: EventFn = stdout_events) -> ResultRow:
     row = make_row(cfg, spec, card, job.weights_label, blocks, size, data, report, result.best_epoch, result.best_val,
                    transfer="none", digest=job.image_digest, wall=result.earlier_wall_s + time.perf_counter() - started,
                    instance_scores=instances, trainable=result.trainable, step_s=result.step_s, key=job.run_key,
-                   device=str(device), precision=precision(str(device), "fp16-amp" if cfg.amp else "fp32"))
+                   device=str(device), precision=precision(str(device), "fp16-amp" if cfg.amp else "fp32"),
+                   adapted_modules=model.adapted_modules if cfg.strategy in ("lora", "dora") else None)
     atomic_write_json(done, row.model_dump(mode="json"))
     emit("done", {"mDice": row.mDice, "best_epoch": row.best_epoch})
     return row

@@ -267,3 +267,12 @@ def test_musk_runs_at_384_in_densebench_and_at_the_cards_size_in_corrected():
     assert input_size_for(None, glas, musk, "densebench") == 384
     assert input_size_for(None, glas, musk, "corrected") == 416
     assert input_size_for(224, glas, musk, "densebench") == 224  # an explicit --input-size wins
+
+
+#: ``num_classes`` of the reference's configs/data/<Dataset>.json, for the lists read so far (the others are not checked yet).
+REFERENCE_NUM_CLASSES = {"glas": 2, "pannuke": 6}
+
+
+@pytest.mark.parametrize("name", sorted(REFERENCE_NUM_CLASSES))
+def test_card_class_counts_match_the_reference_lists(name):
+    assert get_card(name).num_classes == REFERENCE_NUM_CLASSES[name]

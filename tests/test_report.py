@@ -137,7 +137,7 @@ def test_leaderboard_ranks_seeds_and_published_deltas(store, tmp_path):
     assert rnd["published"] == "" and rnd["delta"] == "" and rnd["rank"] == "1"  # ranked among the random entries only
     assert "did not wrap" in table[("glas", "lora", "phikon", "sha256")]["note"]
     # every comparison with a published cell says the splits differ, and what ours is (GlaS: the release's official split)
-    assert "splits differ: the reference's are unreleased; this entry's is the official" in uni["note"]
+    assert "splits differ: the published value used the reference's split lists; this entry's is the official" in uni["note"]
     assert "splits differ" not in table[("nuclei-sample", "frozen", "uni", "sha256")]["note"]  # no published cell, nothing to say
     assert "no adapter: frozen backbone" in table[("glas", "lora", "phikon", "sha256")]["context"]
     assert "no adapter" not in table[("glas", "frozen", "phikon", "sha256")]["context"]

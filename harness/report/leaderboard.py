@@ -124,8 +124,9 @@ def build_leaderboard(rows: list[dict], metric: str = "mDice", keys: dict[str, d
             if e.published is not None and strategy in ("lora", "dora") and model in REFERENCE_UNADAPTED:
                 notes.append("reference did not wrap this model's attention: its published value is a frozen run")
             if e.published is not None:
-                # the reference trained and tested on split lists it never released: no published cell shares our test images
-                notes.append(f"splits differ: the reference's are unreleased; this entry's is the {_split_source(group[0]).removeprefix('split ') or 'card split'}")
+                # the published cells used the reference's own split lists (its configs/data/<dataset>.json), not imported here
+                notes.append("splits differ: the published value used the reference's split lists; "
+                             f"this entry's is the {_split_source(group[0]).removeprefix('split ') or 'card split'}")
             e.note = "; ".join(notes)
         entries.append(e)
     board = Leaderboard(metric, entries)

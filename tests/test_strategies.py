@@ -150,7 +150,9 @@ def test_frozen_backbone_gets_no_gradient_and_stays_in_eval_mode():
 # DoRA (reference) +1 per adapted linear; Transformer adapter 2 x (12 D^2 + 15 D) + 2 D; CNN adapter with its unused stage;
 # full = the whole backbone (the published parameter counts).
 ADAPTER_PARAMS = {
-    "phikon": {"frozen": 0, "lora": 1_179_648, "dora": 1_179_696, "cnn_adapter": 11_894_848, "transformer_adapter": 14_180_352, "full": 85_798_656},
+    # densebench: the reference's LoRA/DoRA wrap no phikon module (HF attention), so they train the decoder only;
+    # the corrected preset's peft adapters are counted in test_corrected_preset_uses_peft_and_records_it
+    "phikon": {"frozen": 0, "lora": 0, "dora": 0, "cnn_adapter": 11_894_848, "transformer_adapter": 14_180_352, "full": 85_798_656},
     "uni": {"frozen": 0, "lora": 2_359_296, "dora": 2_359_344, "cnn_adapter": 11_894_848, "transformer_adapter": 25_198_592, "full": 303_350_784},
 }
 
@@ -177,6 +179,10 @@ def test_every_strategy_runs_on_nuclei_sample_with_the_expected_trainable_parame
         assert 0 <= row["mIoU"] <= row["mDice"] <= 1 and row["best_epoch"] == 0
         assert (row["step_time_s"] is None) == (strategy == "frozen"), strategy
         assert '"adapter_impl": "densebench"' in row["config_json"]
+        if strategy in ("lora", "dora"):  # uni: fused qkv and proj in each of 24 blocks; phikon: none, as the reference
+            assert row["adapted_modules"] == {"phikon": 0, "uni": 48}[name], strategy
+        else:
+            assert row["adapted_modules"] is None, strategy
     # the report over these real rows: six strategies, all marked untrained, none compared to published numbers
     from harness.report.html import build_report
 

@@ -15,6 +15,7 @@ from pathlib import Path
 import pytest
 from waiting import wait_until
 
+from harness.models.spec import get_spec
 from harness.results.store import read_rows
 from harness.sweep.executors import LocalExecutor
 from harness.sweep.grid import SweepSpec, expand, load_spec
@@ -147,7 +148,7 @@ def test_a_killed_job_and_a_killed_server_are_retried_and_complete(tmp_path, no_
     ex = LocalExecutor(tmp_path / "res", None)
 
     def server_while_features_flow() -> int | None:
-        server = ex.servers.get(("phikon", None, "fp16"))  # no GPU here: the one server of the model
+        server = ex.servers.get(("phikon", None, "fp16", get_spec("phikon").spec_hash()))  # no GPU here: the one server of the model
         return server.proc.pid if server is not None and server.proc is not None and _features_flowing() else None  # type: ignore[attr-defined]
 
     killer = _kill_once(server_while_features_flow, tmp_path, stop, after_s=0.0)
@@ -387,7 +388,8 @@ def test_frozen_jobs_on_two_gpus_get_one_shared_server_per_gpu_started_on_that_g
             ex.submit(job)
         while len(attempts) < 2:
             attempts += ex.wait(0.2)
-        assert set(ex.servers) == {("phikon", 5, "fp16"), ("phikon", 7, "fp16")} and ex.server_starts == 0  # two tried, none came up
+        phikon = get_spec("phikon").spec_hash()
+        assert set(ex.servers) == {("phikon", 5, "fp16", phikon), ("phikon", 7, "fp16", phikon)} and ex.server_starts == 0  # two tried, none came up
         assert all(s.device in ("cuda:5", "cuda:7") for s in ex.servers.values())  # type: ignore[attr-defined]
     finally:
         ex.close()

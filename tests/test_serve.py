@@ -2,7 +2,6 @@
 
 from __future__ import annotations
 
-import contextlib
 import os
 import signal
 from pathlib import Path
@@ -14,6 +13,7 @@ from harness.errors import ServerDiedError, ServerError
 from harness.models.spec import get_spec
 from harness.models.weights import ResolvedWeights
 from harness.runtime import InProcessRuntime, LocalRuntime
+from harness.util.procgroup import mapped_files
 
 from conftest import server_processes
 
@@ -137,14 +137,7 @@ def test_killed_server_gives_a_clear_error_and_no_orphans(no_leftover_servers):
 
 def _mapped_shm(pids: list[int]) -> set[Path]:
     """``/dev/shm`` files these processes have mapped, but a client's ``pfm_`` regions: what the server's side created."""
-    out = set()
-    for pid in pids:
-        with contextlib.suppress(OSError):
-            for line in Path(f"/proc/{pid}/maps").read_text().splitlines():
-                path = line.split(maxsplit=5)[-1]
-                if path.startswith("/dev/shm/") and not path.startswith("/dev/shm/pfm_") and not path.endswith("(deleted)"):
-                    out.add(Path(path))
-    return out
+    return {path for pid in pids for path in mapped_files(pid, Path("/dev/shm")) if not path.name.startswith("pfm_")}
 
 
 @pytest.mark.parametrize("how, exit_code", [("interrupt", 128 + signal.SIGUSR1), pytest.param("stop", 0, marks=pytest.mark.slow)])

@@ -26,7 +26,7 @@ from harness.serve.engines import build_engine
 from harness.serve.workspace import new_workspace
 from harness.util.devices import DEFAULT_EXTRACT_DTYPE, resolve_device
 from harness.util.leases import release
-from harness.util.procgroup import command_line, die_with_parent_promptly, kill_own_group, live_members
+from harness.util.procgroup import command_line, die_with_parent_promptly, kill_own_group, live_members, mapped_files
 
 log = logging.getLogger("pfmbench.serve")
 
@@ -84,7 +84,7 @@ def _reap_triton(workspace: Path) -> None:
     me = os.getpid()
     members = [pid for pid in live_members(me) if pid != me] + [me]
     prefixes = {m.group(1) for pid in members for m in [re.search(r"shm-region-prefix-name=([\w-]+)", command_line(pid))] if m}
-    mapped = {path for pid in members for path in _mapped_shm(pid) if not path.name.startswith(PREFIX)}
+    mapped = {path for pid in members for path in mapped_files(pid, SHM_DIR) if not path.name.startswith(PREFIX)}
     kill_own_group()
     for prefix in prefixes:
         for region in SHM_DIR.glob(f"{prefix}*"):
@@ -92,16 +92,6 @@ def _reap_triton(workspace: Path) -> None:
     for region in mapped:
         region.unlink(missing_ok=True)
     shutil.rmtree(workspace, ignore_errors=True)
-
-
-def _mapped_shm(pid: int) -> set[Path]:
-    """The ``/dev/shm`` files process ``pid`` has mapped (empty once it is gone)."""
-    try:
-        lines = Path(f"/proc/{pid}/maps").read_text(errors="replace").splitlines()
-    except OSError:
-        return set()
-    return {Path(path) for line in lines for path in [line.split(maxsplit=5)[-1]]
-            if path.startswith(f"{SHM_DIR}/") and not path.endswith(" (deleted)")}
 
 
 def _serve_until_stopped(spec: ModelSpec, weights: str, init_seed: int, host: str, http_port: int, grpc_port: int, metrics_port: int,

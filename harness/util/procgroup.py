@@ -165,6 +165,16 @@ def kill_own_group() -> None:
     wait_until_group_is_gone(me, but=me)
 
 
+def mapped_files(pid: int, under: Path) -> set[Path]:
+    """The files under ``under`` that process ``pid`` has mapped (``/proc/<pid>/maps``; empty once it is gone)."""
+    try:
+        lines = Path(f"/proc/{pid}/maps").read_text(errors="replace").splitlines()
+    except OSError:
+        return set()
+    return {Path(path) for line in lines for path in [line.split(maxsplit=5)[-1]]
+            if path.startswith(f"{under}/") and not path.endswith(" (deleted)")}
+
+
 def command_line(pid: int) -> str:
     """``pid``'s command line, arguments joined by spaces ("" once it is gone)."""
     try:

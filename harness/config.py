@@ -18,7 +18,7 @@ from typing import Literal, get_args
 from pydantic import BaseModel, ConfigDict, Field
 
 #: The tasks a run can be (``pfmbench bench --task``); each has a :class:`harness.run.lifecycle.Task`.
-TaskName = Literal["segmentation", "roi-linear", "roi-knn"]
+TaskName = Literal["segmentation", "roi-linear", "roi-knn", "wsi-abmil", "wsi-survival"]
 TASKS: tuple[str, ...] = get_args(TaskName)
 
 Strategy = Literal["frozen", "lora", "dora", "cnn_adapter", "transformer_adapter", "full"]
@@ -181,7 +181,44 @@ class RoiConfig(_RunBase):
         return cls(preset=preset, **values)  # type: ignore[arg-type]
 
 
-def run_key(config: RunConfig | RoiConfig, spec_hash: str, card_hash: str, weights_label: str, image_digest: str | None = None,
+WsiTask = Literal["wsi-abmil", "wsi-survival"]
+
+#: GPFM's slide-level protocol: ABMIL (``att_mil``) on 512 px tile embeddings; Adam, lr 2e-4, weight decay 1e-4
+#: (``train_scripts/UBC-OCEAN.sh``). The epoch cap, patience, widths and dropout are CLAM's defaults, which
+#: GPFM's trainer derives from (unverified); ``batch_size`` is the bags per Cox step of wsi-survival.
+WSI_PRESETS: dict[str, dict[str, object]] = {
+    "gpfm": {"epochs": 100, "patience": 20, "lr": 2e-4, "weight_decay": 1e-4, "hidden": 512, "attention": 256, "dropout": 0.25,
+             "batch_size": 16},
+}
+
+
+class WsiConfig(_RunBase):
+    """A slide-level run: gated-attention MIL on a slide's tile embeddings, for a class (``wsi-abmil``) or a risk (``wsi-survival``).
+
+    ``wsi-abmil`` stops early on the validation loss (patience); ``wsi-survival`` trains
+    ``epochs`` on each cross-validation fold (there is no validation part, as GPFM's 5 folds).
+    """
+
+    task: WsiTask
+    preset: Literal["gpfm"] = "gpfm"
+    epochs: int = Field(gt=0)
+    patience: int = Field(gt=0)
+    lr: float = Field(gt=0)
+    weight_decay: float = Field(ge=0)
+    hidden: int = Field(gt=0)
+    attention: int = Field(gt=0)
+    dropout: float = Field(ge=0, lt=1)
+    batch_size: int = Field(gt=1)
+    input_size: int | None = None
+
+    @classmethod
+    def from_preset(cls, preset: Literal["gpfm"] = "gpfm", **overrides: object) -> WsiConfig:
+        values = dict(WSI_PRESETS[preset])
+        values.update({k: v for k, v in overrides.items() if v is not None})
+        return cls(preset=preset, **values)  # type: ignore[arg-type]
+
+
+def run_key(config: RunConfig | RoiConfig | WsiConfig, spec_hash: str, card_hash: str, weights_label: str, image_digest: str | None = None,
             compute_tag: str = "") -> str:
     """Identity of a run: same key, same numbers (given the same code).
 

@@ -20,7 +20,7 @@ from rich.markup import escape
 from typer._click.exceptions import NoArgsIsHelpError, UsageError
 
 from harness import constants
-from harness.cli import bench, cache, data, distill, images, models, perf, report, results, serve, sweep  # noqa: F401  (each registers its commands)
+from harness.cli import bench, cache, data, distill, images, models, perf, report, results, serve, slides, sweep  # noqa: F401  (each registers its commands)
 from harness.cli._app import app
 from harness.errors import PfmbenchError
 

@@ -40,7 +40,8 @@ from harness.cli._common import (
 
 EXAMPLES = ("Examples:\n\n  pfmbench bench -m phikon -d nuclei-sample --weights random --epochs 2\n\n"
             "  pfmbench bench -m phikon,uni -d nuclei-sample -s frozen,lora,cnn_adapter --epochs 2   (finished runs are skipped)\n\n"
-            "  pfmbench bench -m phikon -d roi-sample --task roi-linear   (GPFM's linear probe on the CLS embedding; docs/gpfm.md)")
+            "  pfmbench bench -m phikon -d roi-sample --task roi-linear   (GPFM's linear probe on the CLS embedding; docs/gpfm.md)\n\n"
+            "  pfmbench bench -m phikon -d slides-sample --task wsi-abmil   (GPFM's slide classification: tiles, bags, ABMIL)")
 
 
 @app.command(epilog=EXAMPLES)
@@ -48,14 +49,16 @@ def bench(
     model: ModelsOpt,
     dataset: DatasetsOpt,
     task: Annotated[TaskChoice, typer.Option(help="segmentation (dense masks) | roi-linear (GPFM's linear probe on the frozen CLS) | "  # type: ignore[valid-type]
-                                             "roi-knn (kNN retrieval, top-1/3/5). ROI tasks need an ROI card; --epochs caps the probe's epochs.")] = "segmentation",
+                                             "roi-knn (kNN retrieval, top-1/3/5) | wsi-abmil (ABMIL on a slide's tile embeddings) | "
+                                             "wsi-survival (ABMIL Cox risk, 5-fold C-index). ROI and slide tasks need an ROI or slide card; "
+                                             "--epochs caps the head's epochs.")] = "segmentation",
     strategy: StrategiesOpt = "frozen",
     weights: WeightsOpt = "random",
     runtime: RuntimeOpt = "auto",
     epochs: EpochsOpt = None,
     seed: SeedOpt = 42,
     preset: Annotated[Optional[PresetChoice], typer.Option(help="densebench (the default: the reference code, quirks included) | corrected "  # type: ignore[valid-type]
-                                                           "(schedule fixed, select on mDice, peft LoRA/DoRA, slide inference); ROI tasks: gpfm.")] = None,
+                                                           "(schedule fixed, select on mDice, peft LoRA/DoRA, slide inference); ROI and slide tasks: gpfm.")] = None,
     decoder: Annotated[DecoderChoice, typer.Option(help="transunet (reference) | linear.")] = "transunet",  # type: ignore[valid-type]
     blocks: Annotated[Optional[str], typer.Option(help="Comma-separated block indices, -1 = last after the final norm (default: the model's).")] = None,
     batch_size: Annotated[Optional[int], typer.Option(help="Training batch size (default 8).", min=1)] = None,
@@ -122,12 +125,25 @@ def bench(
 
 def _metric_table(row: dict[str, Any], metrics: tuple[str, ...]) -> Table:
     weights = row["weights"] + ("  [yellow](untrained: not comparable to published numbers)[/yellow]" if row["weights"] == "random" else "")
-    t = Table(title=f"{row['model']} on {row['dataset']} (test split, {row['split_sizes'][2]} images)  weights: {weights}")
+    unit = "slides" if row.get("task") == "wsi-abmil" else "images"
+    t = Table(title=f"{row['model']} on {row['dataset']} (test split, {row['split_sizes'][2]} {unit})  weights: {weights}")
     for col in ("metric", "value", "95% CI"):
         t.add_column(col, justify="left" if col == "metric" else "right")
     for m in metrics:
         low = row.get(m + "_ci_low")
         t.add_row(m, "-" if row[m] is None else f"{row[m]:.4f}", "-" if low is None else f"{low:.4f} - {row[m + '_ci_high']:.4f}")
+    return t
+
+
+def _survival_table(row: dict[str, Any]) -> Table:
+    weights = row["weights"] + ("  [yellow](untrained: not comparable to published numbers)[/yellow]" if row["weights"] == "random" else "")
+    folds = row["fold_c_index"]
+    t = Table(title=f"{row['model']} on {row['dataset']}: C-index over {len(folds)} folds ({sum(row['split_sizes'])} cases)  weights: {weights}")
+    for col in ("fold", "test cases", "C-index", "95% CI"):
+        t.add_column(col, justify="right")
+    for k, (v, lo, hi) in enumerate(zip(folds, row["fold_c_index_ci_low"], row["fold_c_index_ci_high"]), 1):
+        t.add_row(str(k), str(row["split_sizes"][k - 1]), "-" if v is None else f"{v:.4f}", "-" if lo is None else f"{lo:.4f} - {hi:.4f}")
+    t.add_row("mean", "", f"{row['c_index']:.4f}", f"sd {row['c_index_std']:.4f}")
     return t
 
 
@@ -145,6 +161,9 @@ def print_row(row: dict[str, Any]) -> None:
     """A row as the user reads it: headline metrics with CIs, per class, and (nuclei cards) instance metrics."""
     from harness.results.schema import INSTANCE_METRICS, METRICS, ROI_METRICS, TOPK_METRICS
 
+    if row.get("task") == "wsi-survival":
+        out.print(_survival_table(row))
+        return
     if row.get("task", "segmentation") != "segmentation":
         topk = TOPK_METRICS if row.get("top1_acc") is not None else ()
         out.print(_metric_table(row, ROI_METRICS + topk))

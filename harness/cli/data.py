@@ -17,7 +17,7 @@ data_app = sub_app("data", "List, inspect and prepare datasets (one dataset_card
 
 @data_app.command("list")
 def data_list() -> None:
-    """List the dataset cards: the 18 segmentation datasets, GPFM's 14 ROI tasks and the built-in samples."""
+    """List the dataset cards: the 18 segmentation datasets, GPFM's 14 ROI and 34 slide tasks, and the built-in samples."""
     from harness.data.cards import get_card, list_cards
 
     t = Table(title="dataset cards (files '?': no source states the count)")
@@ -60,6 +60,11 @@ def data_prepare(
         report = prepare(c, source, data_dir, on_sample=lambda n, total: bar.update(task, completed=n, total=total))
     parts = ", ".join(f"{k} {v}" for k, v in report.split_sizes.items())
     out.print(f"{c.name}: {report.samples} samples at {report.root} ({c.split.rule} split: {parts})")
+    if c.slides is not None:
+        out.print("slides per class: " + (", ".join(f"{k} {v}" for k, v in report.class_images.items()) or "(survival card)"))
+        out.print(f"wrote {report.out_dir}/index.parquet ({report.images_per_s:.0f} slides/s, peak memory {report.peak_rss_mb:.0f} MB); "
+                  f"tile them with 'pfmbench slides tile {c.name}'")
+        return
     if c.task == "segmentation":
         pixels = sum(report.class_pixels.values()) or 1
         out.print("class pixels: " + ", ".join(f"{k} {v / pixels:.1%}" for k, v in report.class_pixels.items()))

@@ -38,9 +38,12 @@ class ClassInfo(_Strict):
     color: str = Field(pattern=r"^#[0-9a-fA-F]{6}$", description="display colour, #rrggbb")
 
 
-#: What a dataset is for: dense masks, or one label per image (ROI classification; the
-#: retrieval card is an ROI set scored by nearest neighbours only).
-CardTask = Literal["segmentation", "roi-classification", "roi-retrieval"]
+#: What a dataset is for: dense masks, one label per image (ROI classification; the
+#: retrieval card is an ROI set scored by nearest neighbours only), or whole slides with a
+#: label or a survival time per slide (GPFM's slide-level tasks, read by :mod:`harness.slides`).
+CardTask = Literal["segmentation", "roi-classification", "roi-retrieval", "wsi-classification", "wsi-survival"]
+ROI_CARD_TASKS = ("roi-classification", "roi-retrieval")
+WSI_CARD_TASKS = ("wsi-classification", "wsi-survival")
 #: How a raw annotation becomes class indices (see :class:`MaskRule`).
 Encoding = Literal["index", "binary", "from-group", "channels", "instance-class", "polygons"]
 
@@ -124,6 +127,32 @@ class Split(_Strict):
         return self
 
 
+class Slides(_Strict):
+    """A slide card's table and tiling (format ``slides``; ``layout.images`` is the slide path with ``{id}`` = slide id).
+
+    The table is a CSV under the dataset root, one row per slide. A case (a patient) may
+    have several slides: splits and folds are cut by case so no patient is on both sides.
+    Classification scores one bag per slide; survival one bag per case (its slides' tiles
+    together), as survival is a property of the patient.
+    """
+
+    table: str = Field(default="labels.csv", description="CSV relative to the dataset root, one row per slide")
+    case_column: str = "case_id"
+    slide_column: str = "slide_id"
+    label_column: str | None = Field(default=None, description="the slide's class name (wsi-abmil)")
+    time_column: str | None = Field(default=None, description="follow-up time, >= 0, any unit (wsi-survival)")
+    event_column: str | None = Field(default=None, description="1: the event (death, recurrence) was observed; 0: censored")
+    tile_px: int = Field(default=512, gt=0, description="tile edge in pixels at the target resolution (GPFM: 512)")
+    mpp: float = Field(default=0.5, gt=0, description="target microns per pixel of a tile (GPFM: level 0 of 20x slides, ~0.5)")
+    min_tissue: float = Field(default=0.5, gt=0, le=1, description="share of a tile that tissue detection must cover to keep it")
+    folds: int = Field(default=5, ge=2, description="wsi-survival: cross-validation folds over cases (GPFM: 5)")
+    cases: int | None = Field(default=None, gt=0, description="number of cases where a source states it")
+
+    @property
+    def survival(self) -> bool:
+        return bool(self.time_column and self.event_column)
+
+
 class InputSize(_Strict):
     """The reference rule: one square size per dataset, a multiple of the patch size."""
 
@@ -146,7 +175,7 @@ class DatasetCard(_Strict):
     source: Source
     derivation: str = Field(description="how the original annotation becomes the semantic mask")
     modality: str
-    classes: tuple[ClassInfo, ...] = Field(min_length=2)
+    classes: tuple[ClassInfo, ...] = Field(default=(), description="at least two, except on a survival-only slide card")
     ignore_index: int = 255
     format: str = Field(description="on-disk format: the name of a reader in harness.data.readers")
     layout: Layout
@@ -160,10 +189,13 @@ class DatasetCard(_Strict):
     densebench_name: str | None = Field(default=None, description="the dataset's key in the PFM-DenseBench results")
     instances: bool = Field(default=False, description="nuclei: instance metrics (PQ, AJI, detection F1) are scored")
     unverified: tuple[str, ...] = Field(default=(), description="card fields no primary source confirmed")
+    slides: Slides | None = Field(default=None, description="slide cards: the label or survival table and the tiling")
 
     @model_validator(mode="after")
     def _classes_contiguous(self) -> DatasetCard:
         idx = [c.index for c in self.classes]
+        if len(idx) < 2 and self.task != "wsi-survival":
+            raise ValueError(f"a {self.task} card needs at least two classes")
         if idx != list(range(len(idx))):
             raise ValueError(f"class indices must be 0..{len(idx) - 1} in order, got {idx}")
         if self.ignore_index in idx:
@@ -196,7 +228,11 @@ class DatasetCard(_Strict):
         return [c.name for c in self.classes]
 
     def check_task(self, task: str) -> None:
-        """A run's task must match what the card labels: masks for segmentation, one label per image for ROI tasks."""
+        """A run's task must match what the card labels: masks for segmentation, one label per image for ROI tasks,
+        slides with a label (``wsi-abmil``) or a survival time (``wsi-survival``) for slide tasks."""
+        if task.startswith("wsi-") or self.task in WSI_CARD_TASKS:
+            self._check_slide_task(task)
+            return
         if task == "segmentation" and self.task != "segmentation":
             raise ConfigError(f"'{self.name}' is an ROI card (one label per image); it has no masks to segment",
                               "use --task roi-linear or --task roi-knn")
@@ -206,8 +242,23 @@ class DatasetCard(_Strict):
         if task == "roi-linear" and self.task == "roi-retrieval":
             raise ConfigError(f"'{self.name}' is a retrieval card, scored by nearest neighbours only", "use --task roi-knn")
 
+    def _check_slide_task(self, task: str) -> None:
+        if self.slides is None:
+            raise ConfigError(f"--task {task} needs a slide card; '{self.name}' is a {self.task} card",
+                              "pick a slide card ('pfmbench data list' shows each card's task)")
+        if not task.startswith("wsi-"):
+            raise ConfigError(f"'{self.name}' is a slide card; --task {task} reads tiles or images",
+                              "use --task wsi-abmil or --task wsi-survival")
+        if task == "wsi-abmil" and not (self.slides.label_column and self.num_classes >= 2):
+            raise ConfigError(f"'{self.name}' has no slide labels (a survival card)", "use --task wsi-survival")
+        if task == "wsi-survival" and not self.slides.survival:
+            raise ConfigError(f"'{self.name}' has no survival times", "use --task wsi-abmil")
+
     def card_hash(self) -> str:
-        text = json.dumps(self.model_dump(mode="json"), sort_keys=True, separators=(",", ":"))
+        fields = self.model_dump(mode="json")
+        if fields["slides"] is None:  # cards older than slide cards keep their hash (and their rows their run keys)
+            del fields["slides"]
+        text = json.dumps(fields, sort_keys=True, separators=(",", ":"))
         return hashlib.sha256(text.encode()).hexdigest()[:16]
 
 

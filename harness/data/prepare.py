@@ -85,6 +85,12 @@ def prepare(card: DatasetCard, source: Path | None = None, data_dir: Path | None
     else:
         root = source.expanduser().resolve()
     _check_sha256(card, root)
+    if card.slides is not None:
+        from harness.slides.prepare import prepare_slides
+
+        done = prepare_slides(card, root, out_dir, source is not None, on_sample)
+        return PrepareReport(card.name, root, out_dir, done["samples"], done["split_sizes"], {}, done["class_images"],  # type: ignore[arg-type]
+                             done["seconds"], done["images_per_s"], done["peak_rss_mb"])  # type: ignore[arg-type]
     samples = discover(card, root)
     parts = split(card, samples)
     split_of = {s.ident: name for name, part in parts.items() for s in part}

@@ -135,7 +135,14 @@ def synthetic_tissue(root: Path, card: DatasetCard) -> None:
         _write_pair(root, f"syn_{i:04d}", image, mask)
 
 
+def _slides_sample(root: Path, card: DatasetCard) -> None:
+    from harness.slides.sample import slides_sample  # tifffile and scipy only when the slide sample is built
+
+    slides_sample(root, card)
+
+
 GENERATORS: dict[str, Callable[[Path, DatasetCard], None]] = {
+    "histolytics-hgsc-slides": _slides_sample,
     "histolytics-hgsc-nest": hgsc_nest_tiles,
     "histolytics-hgsc-roi": hgsc_nest_roi,
     "synthetic-tissue": synthetic_tissue,

@@ -12,10 +12,11 @@ from datetime import datetime
 
 from pydantic import BaseModel, ConfigDict
 
-SCHEMA_VERSION = 7
+SCHEMA_VERSION = 8
 
-#: Row tasks: dense segmentation, and GPFM's ROI tasks on the frozen CLS (linear probe, kNN).
-TASKS = ("segmentation", "roi-linear", "roi-knn")
+#: Row tasks: dense segmentation, GPFM's ROI tasks on the frozen CLS (linear probe, kNN), and its slide tasks
+#: on tile embeddings (ABMIL classification, ABMIL Cox survival).
+TASKS = ("segmentation", "roi-linear", "roi-knn", "wsi-abmil", "wsi-survival")
 #: Scalar metrics every segmentation row carries, each with ``<name>_ci_low`` / ``<name>_ci_high``.
 METRICS = ("mIoU", "mDice", "mIoU_nobg", "mDice_nobg", "pixel_accuracy")
 #: Scalar metrics every ROI row carries (macro over classes), each with 95% bootstrap CIs.
@@ -98,6 +99,15 @@ class ResultRow(BaseModel):
     top1_acc: float | None = None
     top3_acc: float | None = None
     top5_acc: float | None = None
+    #: wsi-survival (schema 8): the mean over folds of the test fold's C-index, their standard deviation, and each
+    #: fold's C-index with its 95% (Noether) interval; ``split_sizes`` then holds the cases per fold.
+    c_index: float | None = None
+    c_index_std: float | None = None
+    fold_c_index: list[float | None] = []
+    fold_c_index_ci_low: list[float | None] = []
+    fold_c_index_ci_high: list[float | None] = []
+    #: Slide tasks (schema 8): tiles embedded over all the card's slides.
+    tiles: int | None = None
     n_bootstrap: int
     best_epoch: int
     best_val: float

@@ -41,7 +41,11 @@ def task_for(cfg: AnyConfig) -> Task:
         from harness.run.roi import RoiTask
 
         return RoiTask()
-    raise ConfigError(f"unknown task '{task}'", "use segmentation, roi-linear or roi-knn")
+    if task in ("wsi-abmil", "wsi-survival"):
+        from harness.run.wsi import WsiTask
+
+        return WsiTask()
+    raise ConfigError(f"unknown task '{task}'", "use segmentation, roi-linear, roi-knn, wsi-abmil or wsi-survival")
 
 
 def execute(cfg: AnyConfig, ctx: RunContext | None = None, *, write: bool = True, skip_finished: bool = False, **context: object) -> ResultRow:

@@ -12,7 +12,8 @@ from dataclasses import dataclass
 
 from pydantic import ValidationError
 
-from harness.config import DENSEBENCH_INPUT_SIZE, ENGINES, PRESETS, ROI_PRESETS, RoiConfig, RunConfig, extract_dtype, run_key
+from harness.client.feature_cache import host_environment, on_device
+from harness.config import DENSEBENCH_INPUT_SIZE, ENGINES, PRESETS, ROI_PRESETS, WSI_PRESETS, RoiConfig, RunConfig, WsiConfig, extract_dtype, run_key
 from harness.data.cards import DatasetCard, get_card
 from harness.errors import ConfigError, option_problem
 from harness.models.spec import ModelSpec, get_spec, resolve_blocks, spec_for_preset
@@ -20,7 +21,7 @@ from harness.models.weights import ResolvedWeights, resolve_weights
 from harness.runtime import choose_runtime
 from harness.util.devices import compute_tag
 
-AnyConfig = RunConfig | RoiConfig
+AnyConfig = RunConfig | RoiConfig | WsiConfig
 
 
 @dataclass(frozen=True)
@@ -51,15 +52,16 @@ def resolve_config(task: str, model: str, dataset: str, runtime: str = "auto", p
     card.check_task(task)
     if overrides.get("epochs") is None and card.default_epochs:
         overrides["epochs"] = card.default_epochs
-    roi = task != "segmentation"
-    presets = ROI_PRESETS if roi else PRESETS
+    presets = PRESETS if task == "segmentation" else WSI_PRESETS if task.startswith("wsi-") else ROI_PRESETS
     preset = preset or next(iter(presets))
     if preset not in presets:
         raise ConfigError(f"unknown preset '{preset}' for --task {task}", f"use one of {', '.join(presets)}")
     chosen, why = choose_runtime(runtime)
     try:
-        if roi:
-            cfg: AnyConfig = RoiConfig.from_preset(preset, task=task, model=model, dataset=dataset, runtime=chosen, **overrides)  # type: ignore[arg-type]
+        if task.startswith("wsi-"):
+            cfg: AnyConfig = WsiConfig.from_preset(preset, task=task, model=model, dataset=dataset, runtime=chosen, **overrides)  # type: ignore[arg-type]
+        elif task != "segmentation":
+            cfg = RoiConfig.from_preset(preset, task=task, model=model, dataset=dataset, runtime=chosen, **overrides)  # type: ignore[arg-type]
         else:
             cfg = RunConfig.from_preset(preset, model=model, dataset=dataset, runtime=chosen, **overrides)  # type: ignore[arg-type]
     except ValidationError as exc:
@@ -71,11 +73,11 @@ def expand_grid(task: str, models: Iterable[str], datasets: Iterable[str], strat
                 runtime: str = "auto", preset: str | None = None, **overrides: object) -> list[tuple[AnyConfig, str]]:
     """Every cell of models x datasets x strategies x seeds as a resolved config (``bench`` and ``sweep`` share it).
 
-    ROI tasks have no strategy: their cells ignore ``strategies`` (which must be ``frozen``).
+    ROI and slide tasks have no strategy: their cells ignore ``strategies`` (which must be ``frozen``).
     """
     strategies = list(strategies)
     if task != "segmentation" and strategies != ["frozen"]:
-        raise ConfigError(f"--task {task} trains a head on the frozen CLS embedding", "drop --strategy")
+        raise ConfigError(f"--task {task} trains a head on frozen CLS embeddings", "drop --strategy")
     out = []
     for model in models:
         for dataset in datasets:
@@ -106,7 +108,7 @@ def image_digest(runtime: str, spec: ModelSpec, image: str | None) -> str | None
 
 
 def _blocks(cfg: AnyConfig, spec: ModelSpec) -> tuple[int, ...]:
-    if isinstance(cfg, RoiConfig):
+    if isinstance(cfg, (RoiConfig, WsiConfig)):
         return (spec.depth - 1,)  # the final-norm CLS of the last block
     try:
         blocks = resolve_blocks(cfg.blocks or spec.blocks, spec.depth)
@@ -143,3 +145,12 @@ def plan_run(cfg: AnyConfig, image: str | None = None, device: str = "cpu", engi
     dtype = extract_dtype(cfg.preset)
     key = None if cfg.runtime == "endpoint" else run_key(cfg, spec.spec_hash(), card.card_hash(), weights.label, digest, compute_tag(device, engine, dtype))
     return Plan(cfg, spec, card, blocks, size, weights, digest, key, device, engine, dtype)
+
+
+def feature_environment(plan: Plan) -> str | None:
+    """Where a plan's features are computed, as the cache keys it: the image digest (docker) or this host's torch and
+    harness, narrowed to the device, engine and dtype; None where that is unknown (a server started elsewhere)."""
+    cfg = plan.cfg
+    if cfg.runtime == "endpoint" or (cfg.runtime == "docker" and not plan.image_digest):
+        return None
+    return on_device(plan.image_digest if cfg.runtime == "docker" and plan.image_digest else host_environment(), plan.device, plan.engine, plan.dtype)

@@ -8,7 +8,7 @@ from dataclasses import dataclass
 from pathlib import Path
 from typing import Any
 
-from harness.config import RoiConfig, RunConfig
+from harness.config import RoiConfig, RunConfig, WsiConfig
 from harness.errors import PfmbenchError
 from harness.results.schema import METRICS, ROI_METRICS, ResultRow
 from harness.results.store import read_rows
@@ -45,7 +45,8 @@ def reproduce(row_id: str, results_dir: Path | None = None, data_dir: Path | Non
         raise PfmbenchError(f"no result row '{row_id}'", "list the rows with 'pfmbench results'")
     old = rows[0]
     raw = json.loads(old["config_json"])
-    cfg = RunConfig(**raw) if old.get("task", "segmentation") == "segmentation" else RoiConfig(**raw)
+    task = old.get("task", "segmentation")
+    cfg = RunConfig(**raw) if task == "segmentation" else WsiConfig(**raw) if task.startswith("wsi-") else RoiConfig(**raw)
     image = None
     if old["runtime"] == "docker" and old["image_digest"]:
         image = _ensure_digest(old["image_digest"], old["model"], log)

@@ -18,12 +18,12 @@ from pathlib import Path
 import numpy as np
 import torch
 
-from harness.client.feature_cache import FeatureCache, FeatureKey, host_environment, on_device, pixels_hash
+from harness.client.feature_cache import FeatureCache, FeatureKey, pixels_hash
 from harness.config import RunConfig
 from harness.data.augment import TrainImages, training_images
 from harness.data.loader import SplitArrays
 from harness.results.schema import ResultRow
-from harness.run.plan import Plan
+from harness.run.plan import Plan, feature_environment
 from harness.run.scoring import load_splits, make_row, score_test, train_originals
 from harness.run.task import RunContext
 from harness.runtime import Runtime, make_runtime
@@ -59,10 +59,10 @@ def feature_keys(plan: Plan, data: dict[str, SplitArrays]) -> dict[str, FeatureK
     features are never cached. Features computed on a GPU, or by another engine than
     eager torch, are keyed apart (the plan's device, engine and autocast dtype).
     """
-    cfg, spec = plan.cfg, plan.spec
-    if cfg.runtime == "endpoint" or (cfg.runtime == "docker" and not plan.image_digest):
+    spec = plan.spec
+    environment = feature_environment(plan)
+    if environment is None:
         return None
-    environment = on_device(plan.image_digest if cfg.runtime == "docker" and plan.image_digest else host_environment(), plan.device, plan.engine, plan.dtype)
     return {
         name: FeatureKey(spec.name, spec.spec_hash(), environment, plan.weights.identity, plan.card.name, plan.card.card_hash(), name,
                          pixels_hash([d.images]), plan.size, plan.blocks)

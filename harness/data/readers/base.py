@@ -77,7 +77,8 @@ class Reader:
     def check_card(self, card: DatasetCard) -> None:
         """Raise ValueError if the card's layout or mask rule cannot work with this format."""
         if card.task != "segmentation":
-            raise ValueError(f"task {card.task} cannot use format {card.format}: ROI cards (one label per image) use image-folder")
+            raise ValueError(f"task {card.task} cannot use format {card.format}: ROI cards (one label per image) use image-folder, "
+                             "slide cards use slides")
         if card.layout.masks is None:
             raise ValueError(f"format {card.format} needs layout.masks")
         if "id" not in card.layout.fields("images"):

@@ -22,7 +22,7 @@ class ImageFolderReader(Reader):
         return image, np.ones(image.shape[:2], np.uint8)  # a constant mask: masks and ROIs share one reader path
 
     def check_card(self, card: DatasetCard) -> None:
-        if card.task == "segmentation":
-            raise ValueError("task segmentation cannot use format image-folder: segmentation cards use a mask format")
+        if card.task not in ("roi-classification", "roi-retrieval"):
+            raise ValueError(f"task {card.task} cannot use format image-folder: it holds ROI images labelled by folder")
         if card.mask.encoding != "from-group" or "group" not in card.layout.fields("images") or card.layout.masks is not None:
             raise ValueError("image-folder cards name the label by a {group} folder: mask encoding from-group, no layout.masks")

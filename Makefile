@@ -18,18 +18,20 @@ OUT      ?= runs/distill
 DISTILL_ARGS ?=
 PYTEST_ARGS ?=
 # pytest-xdist workers for the fast tier; a test file runs whole on one worker (module fixtures).
-# test-all runs in one process: on 2 cores its kill-timing tests and the docker push only contend
-# (measured: 2051 s on 2 workers against 1854 s in one).
+# test-all runs the fast tier so too, then the slow, docker and ray tiers in one process: on 2 cores
+# their kill-and-resume runs and the docker push only contend (measured: 2051 s on 2 workers against
+# 1854 s in one).
 TEST_WORKERS ?= 2
 FAST    := not slow and not docker and not ray and not gpu
 
-.PHONY: setup setup-gpu bench distill sweep report test test-all lint perf gpu-check perf-zoo perf-train images base-offline lock clean help
+.PHONY: setup setup-gpu bench distill sweep report test test-all lint perf gpu-check perf-slides perf-zoo perf-train images base-offline lock clean help
 
 help:
 	@echo "make setup                      create $(VENV) from requirements.lock"
 	@echo "make setup-gpu                  on a GPU machine: add the GPU set (requirements-gpu.lock: onnxruntime-gpu)"
 	@echo "make bench MODEL=.. DATASET=..  leaderboard rows [STRATEGY=frozen,lora,... WEIGHTS=random|hub|<dir> RUNTIME=auto|docker|local|inprocess DEVICE=auto|cpu|cuda:N ENGINE=auto|torch|compile|onnx EPOCHS SEED PRESET]; lists are comma-separated"
 	@echo "make bench ... TASK=roi-linear|roi-knn  GPFM's ROI tasks on an ROI card (DATASET=roi-sample; docs/gpfm.md)"
+	@echo "make bench ... TASK=wsi-abmil|wsi-survival  GPFM's slide tasks on a slide card (DATASET=slides-sample; docs/gpfm.md)"
 	@echo "make distill [OUT=runs/distill DISTILL_ARGS=..]  distil served phikon + uni into a tiny student (resumable; docs/gpfm.md)"
 	@echo "make sweep GRID=grid.yaml [EXECUTOR=ray]  a grid of runs (docs/sweeps.md)"
 	@echo "make report                     leaderboard, figures, HTML page (report/report.html) from results/"
@@ -38,6 +40,7 @@ help:
 	@echo "make lint                       ruff and mypy (configured in pyproject.toml), and the import-cycle check"
 	@echo "make perf [GPU=1]               served (shm, gRPC, HTTP, docker) vs in-process throughput, feature-cache epoch speed-up, streaming RSS (JSON in .perf/)"
 	@echo "make gpu-check [DEVICE=cuda:N]  the GPU figures in one run (~8 min): img/s + MFU eager vs compile, served/in-process, a frozen row with GPU busy, a LoRA step; then the gpu-marked tests"
+	@echo "make perf-slides                tiling and slide-feature tiles/s, and the harness's peak RSS against slide size (slides-sample)"
 	@echo "make perf-zoo [DEVICE=cuda BATCH=64]  forward cost of every model: params, tokens, GFLOPs, img/s, MFU"
 	@echo "make perf-train [DEVICE=cuda SIZE=512 BATCH=8]  trainable params, s/step, peak memory per strategy (phikon, uni)"
 	@echo "make images                     build pfmbench/base and every model image (docs/docker.md)"
@@ -73,7 +76,8 @@ test: setup
 	$(BIN)/python -m pytest -m "$(FAST)" -n $(TEST_WORKERS) --dist loadfile $(PYTEST_ARGS)
 
 test-all: setup
-	$(BIN)/python -m pytest $(PYTEST_ARGS)
+	$(BIN)/python -m pytest -m "$(FAST)" -n $(TEST_WORKERS) --dist loadfile $(PYTEST_ARGS)
+	$(BIN)/python -m pytest -m "not ($(FAST))" $(PYTEST_ARGS)
 
 lint: setup
 	$(BIN)/ruff check harness tests tools
@@ -92,6 +96,9 @@ endif
 gpu-check: setup
 	$(BIN)/pfmbench gpu-check --device $(or $(DEVICE),cuda) --out .perf/gpu-check.json
 	$(BIN)/python -m pytest -m gpu -q $(PYTEST_ARGS) tests/test_gpu.py
+
+perf-slides: setup
+	$(BIN)/pfmbench slides-perf --out .perf/slides.json
 
 perf-zoo: setup
 	$(BIN)/pfmbench zoo-perf --device $(or $(DEVICE),cpu) --batch $(or $(BATCH),1) --iters 3 --out .perf/zoo-$(or $(DEVICE),cpu).json

@@ -84,6 +84,11 @@ def extract_dtype(preset: str) -> str:
     return PRESET_EXTRACT_DTYPE.get(preset, "bf16")
 
 
+def _preset_values(presets: dict[str, dict[str, object]], preset: str, overrides: dict[str, object]) -> dict[str, object]:
+    """A preset's defaults with the overrides that were given (None: not given) on top."""
+    return {**presets[preset], **{k: v for k, v in overrides.items() if v is not None}}
+
+
 class _RunBase(BaseModel):
     """What every task's configuration has: the model, the data, the weights, the seeds, and its hash."""
 
@@ -145,9 +150,7 @@ class RunConfig(_RunBase):
 
     @classmethod
     def from_preset(cls, preset: Preset = "densebench", **overrides: object) -> RunConfig:
-        values = dict(PRESETS[preset])
-        values.update({k: v for k, v in overrides.items() if v is not None})
-        return cls(preset=preset, **values)  # type: ignore[arg-type]
+        return cls(preset=preset, **_preset_values(PRESETS, preset, overrides))  # type: ignore[arg-type]
 
 
 RoiTask = Literal["roi-linear", "roi-knn"]
@@ -158,27 +161,30 @@ ROI_PRESETS: dict[str, dict[str, object]] = {
 }
 
 
-class RoiConfig(_RunBase):
+class _GpfmHead(_RunBase):
+    """What GPFM's heads on frozen embeddings share (ROI probe, slide ABMIL): one preset, an epoch cap with early stopping."""
+
+    preset: Literal["gpfm"] = "gpfm"
+    epochs: int = Field(gt=0)
+    patience: int = Field(gt=0)
+    lr: float = Field(gt=0)
+    weight_decay: float = Field(ge=0)
+    input_size: int | None = None
+
+
+class RoiConfig(_GpfmHead):
     """An ROI task run (GPFM's linear probe or kNN retrieval on the frozen CLS embedding).
 
     The probe fields are ignored by ``roi-knn``, which has nothing to train.
     """
 
     task: RoiTask
-    preset: Literal["gpfm"] = "gpfm"
-    epochs: int = Field(gt=0)
-    patience: int = Field(gt=0)
-    lr: float = Field(gt=0)
     min_lr: float = Field(ge=0)
-    weight_decay: float = Field(ge=0)
     batch_size: int = Field(gt=0)
-    input_size: int | None = None
 
     @classmethod
     def from_preset(cls, preset: Literal["gpfm"] = "gpfm", **overrides: object) -> RoiConfig:
-        values = dict(ROI_PRESETS[preset])
-        values.update({k: v for k, v in overrides.items() if v is not None})
-        return cls(preset=preset, **values)  # type: ignore[arg-type]
+        return cls(preset=preset, **_preset_values(ROI_PRESETS, preset, overrides))  # type: ignore[arg-type]
 
 
 WsiTask = Literal["wsi-abmil", "wsi-survival"]
@@ -192,7 +198,7 @@ WSI_PRESETS: dict[str, dict[str, object]] = {
 }
 
 
-class WsiConfig(_RunBase):
+class WsiConfig(_GpfmHead):
     """A slide-level run: gated-attention MIL on a slide's tile embeddings, for a class (``wsi-abmil``) or a risk (``wsi-survival``).
 
     ``wsi-abmil`` stops early on the validation loss (patience); ``wsi-survival`` trains
@@ -200,22 +206,14 @@ class WsiConfig(_RunBase):
     """
 
     task: WsiTask
-    preset: Literal["gpfm"] = "gpfm"
-    epochs: int = Field(gt=0)
-    patience: int = Field(gt=0)
-    lr: float = Field(gt=0)
-    weight_decay: float = Field(ge=0)
     hidden: int = Field(gt=0)
     attention: int = Field(gt=0)
     dropout: float = Field(ge=0, lt=1)
     batch_size: int = Field(gt=1)
-    input_size: int | None = None
 
     @classmethod
     def from_preset(cls, preset: Literal["gpfm"] = "gpfm", **overrides: object) -> WsiConfig:
-        values = dict(WSI_PRESETS[preset])
-        values.update({k: v for k, v in overrides.items() if v is not None})
-        return cls(preset=preset, **values)  # type: ignore[arg-type]
+        return cls(preset=preset, **_preset_values(WSI_PRESETS, preset, overrides))  # type: ignore[arg-type]
 
 
 def run_key(config: RunConfig | RoiConfig | WsiConfig, spec_hash: str, card_hash: str, weights_label: str, image_digest: str | None = None,

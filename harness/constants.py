@@ -97,6 +97,15 @@ HUB_TOKEN_ENV = "HF_TOKEN"
 DEBUG = os.environ.get("PFMBENCH_DEBUG", "") not in ("", "0")
 
 
+#: ``PFMBENCH_SLIDE_BACKEND``: the library that opens slides (auto: OpenSlide, then tiffslide; or one of them).
+SLIDE_BACKEND_ENV = "PFMBENCH_SLIDE_BACKEND"
+
+
+def slide_backend() -> str:
+    """``$PFMBENCH_SLIDE_BACKEND`` or ``auto``. Read at call time, as tests switch it."""
+    return os.environ.get(SLIDE_BACKEND_ENV) or "auto"
+
+
 def features_dir() -> Path:
     """``$PFMBENCH_FEATURES``, else the cache's ``features/``. Read at call time: tests and jobs point it elsewhere."""
     return Path(os.environ.get(FEATURES_ENV) or CACHE_DIR / "features")

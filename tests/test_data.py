@@ -16,7 +16,7 @@ from harness.data.loader import dataset_root, discover, load_split_arrays, read_
 from harness.errors import CardError, DataError, UnknownDatasetError
 
 #: Built-in datasets (generated on first use); the 18 reference cards are tested on fixtures in test_dataset_cards.py.
-BUILT_IN = [c for c in list_cards() if get_card(c).generator]
+BUILT_IN = [c for c in list_cards() if get_card(c).generator and get_card(c).slides is None]  # slides-sample: tests/test_slides.py
 
 
 @pytest.mark.parametrize("name", BUILT_IN)

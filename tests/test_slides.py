@@ -337,3 +337,48 @@ def test_abmil_and_survival_rows_from_one_set_of_cached_bags(tmp_path):
     for v, lo, hi in zip(surv.fold_c_index, surv.fold_c_index_ci_low, surv.fold_c_index_ci_high):
         assert v is None or lo <= v <= hi
     assert surv.macro_auroc is None
+
+    from harness.report.roi import build_roi_entries, roi_columns
+
+    groups = build_roi_entries([row.model_dump(), surv.model_dump()])  # the report's GPFM section
+    assert set(groups) == {(CARD, "wsi-abmil"), (CARD, "wsi-survival")}
+    (abmil,), (cox,) = groups[(CARD, "wsi-abmil")], groups[(CARD, "wsi-survival")]
+    assert abmil.values["macro_auroc"][0] == row.macro_auroc and abmil.rank == 1
+    assert cox.values["c_index"][0] == surv.c_index and roi_columns(groups)[(CARD, "wsi-survival")] == ["c_index"]
+
+
+@pytest.mark.slow
+def test_a_killed_slide_extraction_resumes_at_the_first_slide_without_a_bag(tmp_path, no_leftover_servers):
+    import os
+    import signal
+
+    from harness.results.store import read_rows
+    from tests.waiting import wait_until
+
+    res = tmp_path / "results"
+    cmd = [sys.executable, "-m", "harness", "bench", "-m", "phikon", "-d", CARD, "--task", "wsi-abmil", "--runtime", "local",
+           "--input-size", "112", "--epochs", "5", "--results-dir", str(res), "--no-progress"]
+    proc = subprocess.Popen(cmd, stdout=subprocess.DEVNULL, stderr=subprocess.PIPE, start_new_session=True)
+    cache = FeatureCache()
+
+    def some_bags() -> list:
+        assert proc.poll() is None, proc.communicate()[1][-2000:]
+        entries = list(cache.entries())
+        return entries if len(entries) >= 5 else []
+
+    wait_until(some_bags, 600, "five slide bags in the feature cache")
+    os.killpg(proc.pid, signal.SIGKILL)  # the harness and everything in its session, at once
+    proc.wait()
+    before = {path.name: (path / "tokens.f16").stat().st_mtime_ns for path, _, _ in cache.entries()}
+    assert 5 <= len(before) < 28 and read_rows(res) == []
+
+    done = subprocess.run(cmd, capture_output=True, text=True, timeout=900)
+    assert done.returncode == 0, done.stderr
+    after = {path.name: (path / "tokens.f16").stat().st_mtime_ns for path, _, _ in cache.entries()}
+    assert len(after) == 28 and all(after[name] == mtime for name, mtime in before.items())  # finished bags were not extracted again
+    (row,) = read_rows(res)
+    assert row["task"] == "wsi-abmil" and row["transfer"] == "shm" and row["tiles"] == 280
+
+    surv = subprocess.run([*cmd[:cmd.index("wsi-abmil")], "wsi-survival", *cmd[cmd.index("wsi-abmil") + 1:]], capture_output=True, text=True, timeout=900)
+    assert surv.returncode == 0, surv.stderr
+    assert "C-index over 5 folds" in surv.stdout and "mean" in surv.stdout and len(list(cache.entries())) == 28

@@ -21,7 +21,7 @@ def report(
     """Leaderboard per dataset and strategy with CIs and average ranks, figures, and the difference to published numbers.
 
     Rows with untrained (random) weights are marked and never compared to published numbers.
-    ROI rows (GPFM's linear probe and kNN) get a section of their own. With no rows yet, the
+    GPFM's ROI and slide rows (linear probe, kNN, ABMIL, survival) get a section of their own. With no rows yet, the
     page shows the published PFM-DenseBench leaderboard, the baseline to read a first row against.
     """
     from harness.report.html import build_report

@@ -10,7 +10,6 @@ atomically. A failure leaves nothing behind.
 from __future__ import annotations
 
 import json
-import resource
 import time
 from collections.abc import Callable
 from dataclasses import dataclass
@@ -23,6 +22,7 @@ from harness.data.cards import DatasetCard
 from harness.data.loader import SOURCE_FILE, SPLITS, discover, prepared_dir, read_pair, split
 from harness.data.samples import materialise
 from harness.errors import DataError
+from harness.results.provenance import peak_rss_mb
 from harness.util.atomic import atomic_write, atomic_write_json
 from harness.util.hashing import sha256_file
 
@@ -131,5 +131,5 @@ def prepare(card: DatasetCard, source: Path | None = None, data_dir: Path | None
     return PrepareReport(
         card.name, root, out_dir, len(samples), {k: len(parts[k]) for k in SPLITS},
         dict(zip(card.class_names, totals.tolist())), dict(zip(card.class_names, holding.tolist())), seconds, len(samples) / seconds,
-        resource.getrusage(resource.RUSAGE_SELF).ru_maxrss / 1024,
+        peak_rss_mb(),
     )

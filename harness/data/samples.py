@@ -42,6 +42,14 @@ def _histolytics_file(relpath: str) -> Path:
     return path
 
 
+def hgsc_nest() -> tuple[np.ndarray, np.ndarray]:
+    """histolytics' 1500 px HGSC tumour-nest H&E (RGB) and its nucleus-type raster (0 background, 1 connective,
+    2 inflammatory, 3 neoplastic): the real image every built-in sample is cut from."""
+    image = np.asarray(Image.open(_histolytics_file("histolytics/data/hgsc_nest.jpg")).convert("RGB"))
+    types = np.load(_histolytics_file("histolytics/data/hgsc_nest_type_mask.npz"))["nuc_raster"]
+    return image, types
+
+
 def _write_pair(root: Path, ident: str, image: np.ndarray, mask: np.ndarray) -> None:
     (root / "images").mkdir(exist_ok=True)
     (root / "masks").mkdir(exist_ok=True)
@@ -55,8 +63,7 @@ def hgsc_nest_tiles(root: Path, card: DatasetCard) -> None:
     The type raster holds 0 background, 1 connective, 2 inflammatory, 3 neoplastic
     (checked against the class names of the package's nuclei polygons).
     """
-    image = np.asarray(Image.open(_histolytics_file("histolytics/data/hgsc_nest.jpg")).convert("RGB"))
-    types = np.load(_histolytics_file("histolytics/data/hgsc_nest_type_mask.npz"))["nuc_raster"]
+    image, types = hgsc_nest()
     if image.shape[:2] != types.shape:
         raise DataError(f"histolytics image {image.shape[:2]} and type mask {types.shape} differ in size")
     n = image.shape[0] // TILE
@@ -80,8 +87,7 @@ def hgsc_nest_roi(root: Path, card: DatasetCard) -> None:
     whose nuclei cover under 3% of it, or where no type holds 60% of the nucleus pixels,
     is left out. Written as ``<class name>/<tile>.png`` (the image-folder layout).
     """
-    image = np.asarray(Image.open(_histolytics_file("histolytics/data/hgsc_nest.jpg")).convert("RGB"))
-    types = np.load(_histolytics_file("histolytics/data/hgsc_nest_type_mask.npz"))["nuc_raster"]
+    image, types = hgsc_nest()
     names = {index: name for name, index in card.mask.groups.items()}
     n = image.shape[0] // ROI_TILE
     for r in range(n):
@@ -138,7 +144,7 @@ def synthetic_tissue(root: Path, card: DatasetCard) -> None:
 def _slides_sample(root: Path, card: DatasetCard) -> None:
     from harness.slides.sample import slides_sample  # tifffile and scipy only when the slide sample is built
 
-    slides_sample(root, card)
+    slides_sample(root, card, *hgsc_nest())
 
 
 GENERATORS: dict[str, Callable[[Path, DatasetCard], None]] = {

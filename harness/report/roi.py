@@ -1,9 +1,11 @@
-"""The ROI section of the report: GPFM's linear-probe and kNN rows, one entry per (dataset, task, model, weights).
+"""The GPFM section of the report: ROI (linear probe, kNN) and slide (ABMIL, Cox survival) rows, one entry per
+(dataset, task, model, weights).
 
 The same rules as the segmentation leaderboard (:mod:`harness.report.leaderboard`): the
 newest row of a configuration counts, seeds are averaged (the CI as the mean of their
-bounds), entries are ranked within (dataset, task) by macro AUROC (linear) or top-1
-accuracy (kNN) among entries of the same weights kind.
+bounds), entries are ranked within (dataset, task) by macro AUROC (linear probe, ABMIL),
+top-1 accuracy (kNN) or the mean C-index over folds (survival) among entries of the same
+weights kind.
 """
 
 from __future__ import annotations
@@ -15,8 +17,10 @@ from harness.report.leaderboard import per_class_means, run_context
 from harness.report.ranks import average_ranks
 from harness.results.schema import ROI_METRICS, TOPK_METRICS
 
-#: What ranks a task's entries: the linear probe's headline metric, and kNN retrieval's.
-RANK_METRIC = {"roi-linear": "macro_auroc", "roi-knn": "top1_acc"}
+#: What ranks a task's entries: each task's headline metric.
+RANK_METRIC = {"roi-linear": "macro_auroc", "roi-knn": "top1_acc", "wsi-abmil": "macro_auroc", "wsi-survival": "c_index"}
+#: Every metric the section shows, in column order (top-k and the C-index carry no CI in this table).
+_METRICS = (*ROI_METRICS, *TOPK_METRICS, "c_index")
 
 
 @dataclass
@@ -49,7 +53,7 @@ def build_roi_entries(rows: list[dict]) -> dict[tuple[str, str], list[RoiEntry]]
     groups: dict[tuple[str, str], list[RoiEntry]] = defaultdict(list)
     for (dataset, task, model, weights), group in sorted(seeds.items()):
         values = {}
-        for m in (*ROI_METRICS, *TOPK_METRICS):
+        for m in _METRICS:
             got = [float(g[m]) for g in group if g.get(m) is not None]
             if not got:
                 continue
@@ -75,4 +79,4 @@ def run_context_roi(row: dict) -> str:
 
 def roi_columns(groups: dict[tuple[str, str], list[RoiEntry]]) -> dict[tuple[str, str], list[str]]:
     """The metrics some entry of each (dataset, task) has, in schema order (a linear probe has no top-k, kNN no AUROC)."""
-    return {key: [m for m in (*ROI_METRICS, *TOPK_METRICS) if any(m in e.values for e in entries)] for key, entries in groups.items()}
+    return {key: [m for m in _METRICS if any(m in e.values for e in entries)] for key, entries in groups.items()}

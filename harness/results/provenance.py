@@ -58,7 +58,17 @@ def hardware() -> str:
 
 
 def peak_rss_mb() -> float:
-    """Peak resident memory of this process (the harness; the model server is separate)."""
+    """Peak resident memory of this process (the harness; the model server is separate), in MB.
+
+    ``VmHWM`` where Linux has it: ``ru_maxrss`` survives ``exec``, so a process spawned by a
+    large parent would report the parent's size at the fork as its own peak.
+    """
+    try:
+        for line in open("/proc/self/status"):
+            if line.startswith("VmHWM:"):
+                return int(line.split()[1]) / 1024.0
+    except OSError:
+        pass
     return resource.getrusage(resource.RUSAGE_SELF).ru_maxrss / 1024.0
 
 

@@ -10,12 +10,12 @@ are written only when all pass, each atomically.
 from __future__ import annotations
 
 import json
-import resource
 import time
 from collections.abc import Callable
 from pathlib import Path
 
 from harness.data.cards import DatasetCard
+from harness.results.provenance import peak_rss_mb
 from harness.slides.reader import open_slide
 from harness.slides.table import case_split, read_table
 
@@ -53,4 +53,4 @@ def prepare_slides(card: DatasetCard, root: Path, out_dir: Path, write_source: b
     seconds = time.perf_counter() - started
     return {"samples": len(records), "split_sizes": {k: len(v) for k, v in parts.items()}, "class_images": per_class,
             "cases": len({r.case_id for r in records}), "events": sum(int(r.event or 0) for r in records), "seconds": seconds,
-            "images_per_s": len(records) / seconds if seconds else 0.0, "peak_rss_mb": resource.getrusage(resource.RUSAGE_SELF).ru_maxrss / 1024}
+            "images_per_s": len(records) / seconds if seconds else 0.0, "peak_rss_mb": peak_rss_mb()}

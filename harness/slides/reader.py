@@ -10,20 +10,18 @@ the file: a truncated file, an unknown format, or no microns-per-pixel.
 from __future__ import annotations
 
 import math
-import os
 from dataclasses import dataclass
 from pathlib import Path
 from typing import Any, Literal
 
 import numpy as np
 
+from harness import constants
 from harness.errors import DataError
 
 Backend = Literal["auto", "openslide", "tiffslide"]
 #: Extensions of the slide formats OpenSlide and tiffslide read.
 SLIDE_SUFFIXES = (".svs", ".tif", ".tiff", ".ndpi", ".mrxs", ".scn", ".vms", ".vmu", ".bif", ".svslide", ".dcm")
-#: ``PFMBENCH_SLIDE_BACKEND``: force one library (the default tries OpenSlide first).
-BACKEND_ENV = "PFMBENCH_SLIDE_BACKEND"
 
 
 def slide_error(path: Path, problem: str, fix: str = "") -> DataError:
@@ -74,19 +72,32 @@ class Slide:
         except Exception as exc:  # OpenSlideError, tifffile and zarr errors alike: the file is damaged
             raise slide_error(self.path, f"unreadable region at ({x}, {y}) level {level} ({_first_line(exc)})") from None
         rgba = np.asarray(region.convert("RGBA") if region.mode != "RGBA" else region)
+        if rgba[..., 3].min() == 255:  # opaque (the usual case): no compositing, no wider copy
+            return np.ascontiguousarray(rgba[..., :3])
         alpha = rgba[..., 3:4].astype(np.uint16)
         return ((rgba[..., :3].astype(np.uint16) * alpha + 255 * (255 - alpha)) // 255).astype(np.uint8)
 
-    def thumbnail(self, downsample: float) -> np.ndarray:
-        """RGB of the whole slide ``downsample`` times smaller than level 0 (read from the nearest level, then resized)."""
+    def thumbnail(self, downsample: float, strip_rows: int = 512) -> np.ndarray:
+        """RGB of the whole slide ``downsample`` times smaller than level 0, read from the nearest level in strips.
+
+        Strips of ``strip_rows`` rows of that level are read and shrunk one at a time, so the
+        memory is a strip's, not the level's (a 100k px slide's level 2 alone is gigabytes).
+        """
         from PIL import Image
 
         w, h = self.dimensions
-        out = (max(1, math.ceil(w / downsample)), max(1, math.ceil(h / downsample)))
+        out_w, out_h = max(1, math.ceil(w / downsample)), max(1, math.ceil(h / downsample))
         level = self.best_level(downsample)
-        lw, lh = (math.ceil(w / self.level_downsamples[level]), math.ceil(h / self.level_downsamples[level]))
-        image = self.read(0, 0, level, (lw, lh))
-        return np.asarray(Image.fromarray(image).resize(out, Image.Resampling.BOX))
+        d = self.level_downsamples[level]
+        lw, lh = math.ceil(w / d), math.ceil(h / d)
+        scale = d / downsample  # level pixels -> thumbnail pixels
+        strips = []
+        for top in range(0, lh, strip_rows):
+            rows = min(strip_rows, lh - top)
+            strip = self.read(0, int(top * d), level, (lw, rows))
+            strips.append(np.asarray(Image.fromarray(strip).resize((out_w, max(1, round(rows * scale))), Image.Resampling.BOX)))
+        thumb = np.concatenate(strips)
+        return thumb if thumb.shape[0] == out_h else np.asarray(Image.fromarray(thumb).resize((out_w, out_h), Image.Resampling.BOX))
 
     def close(self) -> None:
         self.handle.close()
@@ -112,7 +123,7 @@ def open_slide(path: Path, backend: Backend | None = None) -> Slide:
     ``auto`` tries OpenSlide, then tiffslide on a format OpenSlide does not know.
     """
     path = Path(path)
-    backend = backend or os.environ.get(BACKEND_ENV, "auto")  # type: ignore[assignment]
+    backend = backend or constants.slide_backend()  # type: ignore[assignment]
     if not path.is_file():
         raise slide_error(path, "no such slide file", "check the card's layout.images against the download, or remove the row")
     problems = []

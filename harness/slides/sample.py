@@ -34,16 +34,6 @@ MPP = 0.5
 PER_CLASS = 14
 
 
-def _source() -> tuple[np.ndarray, np.ndarray]:
-    from PIL import Image
-
-    from harness.data.samples import _histolytics_file
-
-    image = np.asarray(Image.open(_histolytics_file("histolytics/data/hgsc_nest.jpg")).convert("RGB"))
-    types = np.load(_histolytics_file("histolytics/data/hgsc_nest_type_mask.npz"))["nuc_raster"]
-    return image, types
-
-
 def _crop_origins(types: np.ndarray, nucleus_type: int, count: int) -> list[tuple[int, int]]:
     """Top-left corners of the ``count`` CROP crops (stride 64) richest in ``nucleus_type`` nuclei."""
     scored = []
@@ -94,10 +84,10 @@ def write_pyramid(path: Path, level0: np.ndarray, mpp: float = MPP, levels: int 
                       resolution=(1e4 / (mpp * f), 1e4 / (mpp * f)), resolutionunit="CENTIMETER", subfiletype=0 if level == 0 else 1)
 
 
-def slides_sample(root: Path, card: DatasetCard) -> None:
-    """Write ``slides/<id>.tiff`` and ``labels.csv`` (case, slide, class, survival months, event) into ``root``."""
+def slides_sample(root: Path, card: DatasetCard, image: np.ndarray, types: np.ndarray) -> None:
+    """Write ``slides/<id>.tiff`` and ``labels.csv`` (case, slide, class, survival months, event) into ``root``, from the
+    H&E ``image`` and its nucleus-type raster ``types`` (:func:`harness.data.samples.hgsc_nest`)."""
     rng = np.random.default_rng(card.split.seed)
-    image, types = _source()
     origins = {"nest": _crop_origins(types, 3, 8), "stroma": _crop_origins(types, 1, 8)}
     (root / "slides").mkdir()
     rows: list[dict[str, object]] = []

@@ -23,13 +23,14 @@ from typing import TYPE_CHECKING
 import numpy as np
 
 from harness.errors import DataError
+from harness.results.provenance import peak_rss_mb
+from harness.slides.reader import Slide, open_slide, slide_error
+from harness.slides.tissue import tissue_mask
+from harness.util.atomic import atomic_write
 
 if TYPE_CHECKING:
     from harness.data.cards import DatasetCard
     from harness.slides.table import SlideRecord
-from harness.slides.reader import Slide, open_slide, slide_error
-from harness.slides.tissue import tissue_mask
-from harness.util.atomic import atomic_write
 
 #: Thumbnail pixels per tile edge: fine enough to measure a tile's tissue share.
 THUMB_PER_TILE = 16
@@ -124,7 +125,6 @@ def tile_slides(slides: dict[str, Path], tiles_dir: Path, tile_px: int, mpp: flo
 
     A bad slide's :class:`DataError` is recorded as one line and the next slide goes on.
     """
-    import resource
 
     started = time.perf_counter()
     report = TilingReport()
@@ -150,7 +150,7 @@ def tile_slides(slides: dict[str, Path], tiles_dir: Path, tile_px: int, mpp: flo
         if on_slide:
             on_slide(slide_id, outcome)
     report.seconds = time.perf_counter() - started
-    report.peak_rss_mb = resource.getrusage(resource.RUSAGE_SELF).ru_maxrss / 1024
+    report.peak_rss_mb = peak_rss_mb()
     return report
 
 

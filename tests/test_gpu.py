@@ -66,3 +66,14 @@ def test_a_frozen_row_on_the_gpu_says_where_and_how_it_computed(tmp_path):
     assert row.device == "cuda:0" and row.gpu_model and row.cuda_version and row.gpu_driver
     assert row.precision == "fp16-autocast" and row.engine in ("torch", "compile")  # densebench: the reference's fp16
     assert 0.0 <= row.mDice <= 1.0
+
+
+def test_a_slide_row_trains_its_abmil_head_on_the_gpu(tmp_path):
+    """wsi-abmil on CUDA: bags extracted in fp16/bf16 autocast, the ABMIL head trained on the GPU, the row says so."""
+    from harness.run.lifecycle import execute
+    from harness.run.plan import resolve_config
+
+    cfg, _ = resolve_config("wsi-abmil", "phikon", "slides-sample", runtime="inprocess", epochs=5, input_size=112, n_bootstrap=50)
+    row = execute(cfg, results_dir=tmp_path, device="cuda:0")
+    assert row.device == "cuda:0" and row.precision.endswith("-autocast") and row.tiles == 280
+    assert 0 <= row.macro_auroc <= 1

@@ -24,7 +24,7 @@ PYTEST_ARGS ?=
 TEST_WORKERS ?= 2
 FAST    := not slow and not docker and not ray and not gpu
 
-.PHONY: setup setup-gpu bench distill sweep report test test-all lint perf gpu-check perf-slides perf-zoo perf-train images base-offline lock clean help
+.PHONY: setup setup-gpu bench distill sweep report test test-all test-ci lint perf gpu-check perf-slides perf-zoo perf-train images base-offline lock clean help
 
 help:
 	@echo "make setup                      create $(VENV) from requirements.lock"
@@ -36,7 +36,8 @@ help:
 	@echo "make sweep GRID=grid.yaml [EXECUTOR=ray]  a grid of runs (docs/sweeps.md)"
 	@echo "make report                     leaderboard, figures, HTML page (report/report.html) from results/"
 	@echo "make test                       the fast tier (about 4 min on 2 cores with TEST_WORKERS=2, one real served row included)"
-	@echo "make test-all                   every test: slow, docker (needs a daemon and 'make images'), ray; what CI runs"
+	@echo "make test-all                   every test: slow, docker (needs a daemon and 'make images'), ray"
+	@echo "make test-ci                    what CI runs: the fast tier, then the docker and ray tiers (not the slow one)"
 	@echo "make lint                       ruff and mypy (configured in pyproject.toml), and the import-cycle check"
 	@echo "make perf [GPU=1]               served (shm, gRPC, HTTP, docker) vs in-process throughput, feature-cache epoch speed-up, streaming RSS (JSON in .perf/)"
 	@echo "make gpu-check [DEVICE=cuda:N]  the GPU figures in one run (~8 min): img/s + MFU eager vs compile, served/in-process, a frozen row with GPU busy, a LoRA step; then the gpu-marked tests"
@@ -78,6 +79,12 @@ test: setup
 test-all: setup
 	$(BIN)/python -m pytest -m "$(FAST)" -n $(TEST_WORKERS) --dist loadfile $(PYTEST_ARGS)
 	$(BIN)/python -m pytest -m "not ($(FAST))" $(PYTEST_ARGS)
+
+# CI (.ci/run): the fast tier, then the docker and ray tiers; the slow tier (about 45 min on 2 cores)
+# would take CI past its time limit, so it runs in test-all, before each stop
+test-ci: setup
+	$(BIN)/python -m pytest -m "$(FAST)" -n $(TEST_WORKERS) --dist loadfile $(PYTEST_ARGS)
+	$(BIN)/python -m pytest -m "(docker or ray or gpu) and not slow" $(PYTEST_ARGS)
 
 lint: setup
 	$(BIN)/ruff check harness tests tools

@@ -9,12 +9,16 @@ alone killed.
 
 from __future__ import annotations
 
+import atexit
 import ctypes
 import os
+import shutil
 import tempfile
 from pathlib import Path
 
 _SESSION = Path(tempfile.mkdtemp(prefix="pfmbench-tests-"))
+# this session's data, cache and results go with it (each xdist worker has its own)
+atexit.register(shutil.rmtree, _SESSION, ignore_errors=True)
 PR_SET_CHILD_SUBREAPER = 36
 if ctypes.CDLL(None, use_errno=True).prctl(PR_SET_CHILD_SUBREAPER, 1, 0, 0, 0) != 0:
     raise OSError(ctypes.get_errno(), "prctl(PR_SET_CHILD_SUBREAPER) failed: the tests could not keep track of their orphans")

@@ -1,6 +1,6 @@
 """The client's POSIX shared-memory regions: named, leased and swept.
 
-Every region this harness creates is ``/dev/shm/pfm_<pid>_<random>_<role>`` and is held
+Every region this harness creates is ``/dev/shm/pfm_<pid>_<random>_<role>_<bytes>`` and is held
 (:func:`~harness.util.leases.hold`) for as long as it exists. A harness killed with
 SIGKILL cannot unlink its regions, and a token region is tens of megabytes; the next run
 removes every ``pfm_`` region nobody holds (:func:`remove_orphan_regions`), which is safe

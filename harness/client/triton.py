@@ -114,7 +114,9 @@ class FeatureClient:
             return current
         if current is not None:
             self._drop(role)
-        name = f"{self._prefix}_{role}"
+        # A new name per size: a region re-created larger never reuses the old name, so an unregister that did not
+        # reach the server (a control call timed out under load) cannot make this registration ALREADY_EXISTS.
+        name = f"{self._prefix}_{role}_{size}"
         handle = shm.create_shared_memory_region(name, f"/{name}", size)
         path = SHM_DIR / name
         # A server under another uid (container user 10001) must be able to open it.

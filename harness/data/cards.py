@@ -42,7 +42,6 @@ class ClassInfo(_Strict):
 #: retrieval card is an ROI set scored by nearest neighbours only), or whole slides with a
 #: label or a survival time per slide (GPFM's slide-level tasks, read by :mod:`harness.slides`).
 CardTask = Literal["segmentation", "roi-classification", "roi-retrieval", "wsi-classification", "wsi-survival"]
-ROI_CARD_TASKS = ("roi-classification", "roi-retrieval")
 WSI_CARD_TASKS = ("wsi-classification", "wsi-survival")
 #: How a raw annotation becomes class indices (see :class:`MaskRule`).
 Encoding = Literal["index", "binary", "from-group", "channels", "instance-class", "polygons"]

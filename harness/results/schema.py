@@ -100,7 +100,7 @@ class ResultRow(BaseModel):
     top3_acc: float | None = None
     top5_acc: float | None = None
     #: wsi-survival (schema 8): the mean over folds of the test fold's C-index, their standard deviation, and each
-    #: fold's C-index with its 95% (Noether) interval; ``split_sizes`` then holds the cases per fold.
+    #: fold's C-index with its 95% bootstrap interval; ``split_sizes`` then holds the cases per fold.
     c_index: float | None = None
     c_index_std: float | None = None
     fold_c_index: list[float | None] = []

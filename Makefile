@@ -24,7 +24,7 @@ PYTEST_ARGS ?=
 TEST_WORKERS ?= 2
 FAST    := not slow and not docker and not ray and not gpu
 
-.PHONY: setup setup-gpu bench distill sweep report test test-all test-ci lint perf gpu-check perf-slides perf-zoo perf-train images base-offline lock clean help
+.PHONY: setup setup-gpu bench distill sweep report test test-all test-ci lint perf gpu-check perf-slides perf-zoo perf-train images publish verify-images base-offline lock clean help
 
 help:
 	@echo "make setup                      create $(VENV) from requirements.lock"
@@ -44,7 +44,9 @@ help:
 	@echo "make perf-slides                tiling and slide-feature tiles/s, and the harness's peak RSS against slide size (slides-sample)"
 	@echo "make perf-zoo [DEVICE=cuda BATCH=64]  forward cost of every model: params, tokens, GFLOPs, img/s, MFU"
 	@echo "make perf-train [DEVICE=cuda SIZE=512 BATCH=8]  trainable params, s/step, peak memory per strategy (phikon, uni)"
-	@echo "make images                     build pfmbench/base and every model image (docs/docker.md)"
+	@echo "make images                     build pfmbench/base and every model image, network off (docs/docker.md)"
+	@echo "make publish REGISTRY=ghcr.io/you  push the built images and write models/images.lock (what .github/workflows/release.yml runs)"
+	@echo "make verify-images              check the local images against models/images.lock: digest and content manifest"
 	@echo "make lock                       rewrite requirements.lock from the current venv"
 
 $(BIN)/.installed: requirements.lock pyproject.toml
@@ -89,6 +91,7 @@ test-ci: setup
 lint: setup
 	$(BIN)/ruff check harness tests tools
 	$(BIN)/mypy
+	$(BIN)/check-jsonschema --builtin-schema vendor.github-workflows .github/workflows/*.yml
 	$(BIN)/python tools/import_graph.py
 
 perf: setup
@@ -115,6 +118,12 @@ perf-train: setup
 
 images: setup
 	$(BIN)/pfmbench images build
+
+publish: setup
+	$(BIN)/pfmbench images publish --registry $(or $(REGISTRY),$(error set REGISTRY=host/namespace))
+
+verify-images: setup
+	$(BIN)/pfmbench images verify
 
 base-offline:
 	models/_base/offline-base.sh local/debian:bookworm

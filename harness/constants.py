@@ -41,7 +41,7 @@ BUILD_DIR = Path(os.environ.get("PFMBENCH_BUILD", PROJECT_ROOT / "build"))
 #: ``FROM`` of the base image (offline: ``local/debian:bookworm``, models/_base/offline-base.sh).
 DOCKER_BASE = os.environ.get("PFMBENCH_DOCKER_BASE", "python:3.11-slim-bookworm")
 
-#: Registry host/namespace that ``images push`` writes to.
+#: Registry host/namespace that ``images publish`` pushes to (the release workflow sets it).
 REGISTRY = os.environ.get("PFMBENCH_REGISTRY", "ghcr.io/pfmbench")
 
 #: A Docker CLI with BuildKit, if not the one on PATH.

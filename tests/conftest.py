@@ -103,3 +103,21 @@ def no_leftover_servers():
 def isolated_feature_cache(tmp_path_factory, monkeypatch):
     """Each test gets its own feature cache: a run in one test never reads features another test extracted."""
     monkeypatch.setenv("PFMBENCH_FEATURES", str(tmp_path_factory.mktemp("features")))
+
+
+def pinned_model_dir(tmp_path: Path, timm_version: str, install: bool = True) -> Path:
+    """A copy of the zoo plus ``pinned_vit``: Lunit's ViT-S/8 spec pinning ``timm_version`` in its ``packages`` label,
+    and (``install``) installing it from the build's wheels in a layer of its own, as models/README.md step 6 shows."""
+    from harness import constants
+
+    models = tmp_path / "models"
+    shutil.copytree(constants.MODELS_DIR, models)
+    text = (constants.MODELS_DIR / "lunit_vits8/Dockerfile").read_text().replace("lunit_vits8", "pinned_vit")
+    pin = f"      org.pfmbench.packages='{{\"timm\": \"{timm_version}\"}}' \\\n"
+    text = text.replace('      org.pfmbench.arch="ViT-S/8" \\\n', '      org.pfmbench.arch="ViT-S/8" \\\n' + pin)
+    if install:
+        text += ("USER root\nRUN --mount=type=bind,source=wheels,target=/wheels \\\n"
+                 f"    pip install --no-cache-dir --no-index --no-deps --find-links /wheels timm=={timm_version}\nUSER 10001\n")
+    (models / "pinned_vit").mkdir()
+    (models / "pinned_vit/Dockerfile").write_text(text)
+    return models

@@ -168,6 +168,10 @@ def test_bench_against_a_server_it_did_not_start(tmp_path, no_leftover_servers):
         assert server.poll() is None  # not ours to stop
         (row,) = read_rows(tmp_path)
         assert row["runtime"] == "endpoint" and row["transfer"] == "shm"
+        assert row["image_digest"] is None  # a server outside an image reports no manifest (docker tier: one in an image does)
+        wrong = run("bench", "-m", "uni", "-d", "nuclei-sample", "--epochs", "1", "--no-progress",
+                    "--endpoint", f"127.0.0.1:{grpc}", "--results-dir", str(tmp_path))
+        assert wrong.returncode == 1 and f"the server at 127.0.0.1:{grpc} serves 'phikon', not 'uni'" in wrong.stderr
         missing = run("bench", "-m", "phikon", "-d", "nuclei-sample", "--endpoint", f"127.0.0.1:{free_port()}", "--results-dir", str(tmp_path))
         assert missing.returncode == 1 and "no ready 'features' model at 127.0.0.1:" in missing.stderr
     finally:

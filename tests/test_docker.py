@@ -19,16 +19,21 @@ from pathlib import Path
 import pytest
 from waiting import wait_until
 
+from harness import __version__, constants
 from harness.errors import ServerError
+from harness.images.build import docker_cli
+from harness.images.docker import BASE_TAG, local_tag
+from harness.images.lock import LockEntry, read_lock, read_manifest, write_lock
+from harness.images.manifest import diff, manifest_hash
+from harness.images.registry import image_identity, image_manifest
 from harness.models.spec import get_spec
 from harness.models.weights import ResolvedWeights
 from harness.results.store import read_rows
 from harness.runtime import docker_available
 from harness.runtime.docker import DockerRuntime
-from harness.runtime.images import BASE_TAG, image_identity, local_tag
 from harness.runtime.owners import owner_labels
 
-from conftest import free_port
+from conftest import free_port, pinned_model_dir
 
 pytestmark = pytest.mark.docker
 
@@ -105,36 +110,184 @@ def registry(tmp_path_factory):
     shutil.rmtree(work, ignore_errors=True)  # several GB of blobs
 
 
-@pytest.mark.timeout(1200)  # pushes and pulls the 3 GB image: 415-419 s alone on 2 cores, past 600 s when the cores are shared
-def test_docker_row_equals_local_row_then_reproduces_from_the_registry(client, registry, tmp_path, monkeypatch, no_leftover_containers, no_leftover_servers):
+def _cli(*args: str, env: dict | None = None, timeout: float = 1200) -> subprocess.CompletedProcess:
+    return subprocess.run([sys.executable, "-m", "harness.cli", *args], capture_output=True, text=True, timeout=timeout, env={**os.environ, **(env or {})})
+
+
+@pytest.mark.timeout(1800)  # pushes and pulls the 7 GB image: 924 s of the docker tier on 2 cores
+def test_publish_delete_pull_verify_reproduce(client, registry, tmp_path, no_leftover_containers, no_leftover_servers):
+    """The release path against a real registry: publish writes the lock; a docker row and an --endpoint row are
+    computed; every local copy of the image is deleted; reproduce needs --pull, pulls the digest, gives the same
+    metrics; verify passes on the pulled image."""
     lock = tmp_path / "images.lock"
     env = {"PFMBENCH_IMAGES_LOCK": str(lock), "HF_TOKEN": FAKE_TOKEN}
-    push = subprocess.run([sys.executable, "-m", "harness.cli", "images", "push", "phikon", "--registry", registry],
-                          capture_output=True, text=True, timeout=900, env={**os.environ, **env})
-    assert push.returncode == 0, push.stderr
-    assert f"{registry}/pfmbench/phikon" in lock.read_text() and "sha256:" in lock.read_text()
+    built_manifest = image_manifest(client.images.get(local_tag("phikon")))
+    publish = _cli("images", "publish", "phikon", "--registry", registry, env=env)
+    assert publish.returncode == 0, publish.stderr
+    entry = read_lock(lock)["phikon"]
+    assert (entry.registry, entry.image) == (registry, f"{registry}/pfmbench/phikon") and entry.base_digest != entry.digest
+    assert entry.manifest == manifest_hash(built_manifest) and read_manifest("phikon", lock) == built_manifest
+    assert f"phikon: {entry.ref}  manifest {entry.manifest}" in publish.stdout
+
+    verify = _cli("images", "verify", "phikon", env=env)
+    assert verify.returncode == 0, verify.stdout + verify.stderr
+    assert verify.stdout.splitlines()[:4] == [
+        "phikon: OK", f"  = digest {entry.digest} ({entry.image})",
+        f"  = manifest {entry.manifest} ({len(built_manifest['debian'])} Debian and {len(built_manifest['python'])} Python packages)",
+        "  = installed packages equal the recorded manifest"]
 
     common = ("-m", "phikon", "-d", "nuclei-sample", "--epochs", "2", "--seed", "3", "--results-dir", str(tmp_path / "res"))
     docker_run = bench(*common, "--runtime", "docker", env=env)
     assert docker_run.returncode == 0, docker_run.stderr
     local_run = bench(*common, "--runtime", "local", env=env)
     assert local_run.returncode == 0, local_run.stderr
+    with DockerRuntime(get_spec("phikon"), ResolvedWeights.random()) as server:  # a server this bench did not start
+        endpoint_run = bench(*common, "--endpoint", server.url, env={**env, "PFMBENCH_TRITON_TOKEN": server.token or ""})
+    assert endpoint_run.returncode == 0, endpoint_run.stderr
     rows = {r["runtime"]: r for r in read_rows(tmp_path / "res")}
     for m in METRICS:
-        assert rows["docker"][m] == rows["local"][m], m
-    assert rows["docker"]["image_digest"].startswith(f"{registry}/pfmbench/phikon@sha256:")
+        assert rows["docker"][m] == rows["local"][m] == rows["endpoint"][m], m
+    assert rows["docker"]["image_digest"] == entry.ref
+    assert rows["endpoint"]["image_digest"] == entry.ref  # the server reported its manifest; the lock names its image
     assert rows["docker"]["run_key"] != rows["local"]["run_key"]  # the image digest is part of the key
-    for out in (push.stdout + push.stderr, docker_run.stdout + docker_run.stderr):
+    for out in (publish.stdout + publish.stderr, docker_run.stdout + docker_run.stderr):
         assert FAKE_TOKEN not in out
 
-    # Delete every local copy of the image, then reproduce the docker row: it is pulled by digest.
-    for tag in (local_tag("phikon"), f"{registry}/pfmbench/phikon:latest"):
-        client.images.remove(tag, force=True)
-    repro = subprocess.run([sys.executable, "-m", "harness.cli", "reproduce", rows["docker"]["row_id"], "--results-dir", str(tmp_path / "res")],
-                           capture_output=True, text=True, timeout=900, env={**os.environ, **env})
+    # Delete every local copy of the image, then reproduce the rows: only with --pull, which pulls the digest.
+    client.images.remove(client.images.get(local_tag("phikon")).id, force=True)
+    assert client.images.list(name=entry.image) == []
+    reproduce = ("reproduce", rows["docker"]["row_id"], "--results-dir", str(tmp_path / "res"))
+    refused = _cli(*reproduce, env=env)
+    assert refused.returncode == 1 and f"the row's image {entry.ref} is not here (fix: add --pull" in refused.stderr
+    repro = _cli(*reproduce, "--pull", env=env)
     assert repro.returncode == 0, repro.stdout + repro.stderr
-    assert "identical metrics" in repro.stdout and "pulling" in repro.stdout
+    assert "identical metrics" in repro.stdout and f"pulling {entry.ref}" in repro.stdout
     client.images.get(local_tag("phikon"))  # tagged again after the pull
+    again = _cli("images", "verify", "phikon", env=env)
+    assert again.returncode == 0 and again.stdout.startswith("phikon: OK"), again.stdout
+    from_endpoint = _cli("reproduce", rows["endpoint"]["row_id"], "--results-dir", str(tmp_path / "res"), "--pull", env=env)
+    assert from_endpoint.returncode == 0, from_endpoint.stdout + from_endpoint.stderr
+    assert "runtime docker" in from_endpoint.stdout and "identical metrics" in from_endpoint.stdout
+
+
+def test_verify_names_what_a_changed_image_changed(client, tmp_path, no_leftover_containers):
+    """A layer added over the phikon image removes one package: the digest, and the installed packages against the
+    recorded manifest, are reported, package by package."""
+    from harness.images.verify import verify
+
+    lock = tmp_path / "images.lock"
+    image = client.images.get(local_tag("phikon"))
+    recorded = image_manifest(image)
+    digest = "sha256:" + "0" * 64
+    write_lock({"phikon": LockEntry(registry="r.example", image="r.example/pfmbench/phikon", digest=digest, base_digest=digest,
+                                    manifest=manifest_hash(recorded))}, {"phikon": recorded}, lock)
+    ctx = tmp_path / "ctx"
+    ctx.mkdir()
+    (ctx / "Dockerfile").write_text(f"FROM {image.id}\nUSER root\nRUN rm -rf /opt/venv/lib/python3.11/site-packages/filelock*\nUSER 10001\n")
+    tag = "pfmbench-test/changed:latest"
+    build = subprocess.run([docker_cli(), "build", "--network", "none", "-q", "-t", tag, str(ctx)], capture_output=True, text=True, timeout=300)
+    assert build.returncode == 0, build.stderr
+    try:
+        result = verify("phikon", lock=lock, image=tag)
+    finally:
+        client.images.remove(tag, force=True)
+    assert not result.ok
+    assert result.differences == [
+        f"digest: the lock pins {digest}; the local image has none (built here: never pushed or pulled)",
+        "installed packages differ from the manifest the image recorded:",
+        f"  python filelock: {recorded['python']['filelock']['version']} in the recorded manifest, missing from the running image",
+    ]
+
+
+def test_a_rebuild_records_the_same_manifest_and_leaves_no_build_tree(client, no_leftover_containers):
+    """The model layers rebuilt from scratch (same base, same inputs, network off) give the same content manifest."""
+    before = client.images.get(local_tag("phikon"))
+    rebuild = _cli("images", "build", "phikon", "--skip-base", "--no-cache")
+    assert rebuild.returncode == 0, rebuild.stderr
+    after = client.images.get(local_tag("phikon"))
+    assert after.id != before.id  # really rebuilt
+    assert manifest_hash(image_manifest(after)) == manifest_hash(image_manifest(before))
+    listing = client.containers.run(after.id, ["sh", "-c", "ls -A /app; ls -d /app/build /app/*.egg-info /app/harness 2>&1 | wc -l"],
+                                    remove=True, network_disabled=True, labels=owner_labels()).decode().split()
+    assert listing[:-1] == ["manifest.json", "models"]  # no build/, no harness source, no egg-info
+    assert listing[-1] == "3"  # three "No such file" lines
+
+
+PINNED_TIMM = "1.0.9"
+
+
+@pytest.fixture
+def pinned_model(tmp_path, monkeypatch):
+    models = pinned_model_dir(tmp_path, PINNED_TIMM)
+    monkeypatch.setenv("PFMBENCH_MODELS_DIR", str(models))
+    yield models
+    import docker.errors
+
+    try:
+        docker.from_env().images.remove(local_tag("pinned_vit"), force=True)
+    except docker.errors.ImageNotFound:
+        pass
+
+
+@pytest.mark.timeout(1200)
+def test_a_model_pins_an_older_timm_in_its_own_layer_and_serves_with_it(client, pinned_model, tmp_path, no_leftover_containers):
+    build = _cli("images", "build", "pinned_vit", "--skip-base")
+    assert build.returncode == 0, build.stdout + build.stderr
+    image = client.images.get(local_tag("pinned_vit"))
+    recorded = image_manifest(image)
+    assert recorded["python"]["timm"]["version"] == PINNED_TIMM
+    base = image_manifest(client.images.get(local_tag("phikon")))
+    assert diff(base, recorded, "phikon", "pinned_vit") == [f"python timm: {base['python']['timm']['version']} in phikon, {PINNED_TIMM} in pinned_vit"]
+    common = ("-m", "pinned_vit", "-d", "nuclei-sample", "--epochs", "1", "--input-size", "64", "--results-dir", str(tmp_path / "res"))
+    served = bench(*common, "--runtime", "docker")
+    assert served.returncode == 0, served.stderr
+    (row,) = read_rows(tmp_path / "res")
+    assert row["model"] == "pinned_vit" and row["mIoU"] > 0
+    local = bench(*common[:-1], str(tmp_path / "local"), "--runtime", "local")  # this venv has the locked timm: the pin cannot hold
+    assert local.returncode == 1 and not (tmp_path / "local").exists()
+    assert local.stderr.strip().splitlines()[-1].startswith(
+        f"error: model 'pinned_vit' pins timm=={PINNED_TIMM}, but timm {base['python']['timm']['version']} is installed")
+
+    # A label that pins what the Dockerfile does not install fails the build, at the manifest layer.
+    dockerfile = pinned_model / "pinned_vit/Dockerfile"
+    dockerfile.write_text(dockerfile.read_text().replace(f"timm=={PINNED_TIMM}\n", "filelock\n"))
+    bad = _cli("images", "build", "pinned_vit", "--skip-base")
+    assert bad.returncode == 1
+    assert f"the packages label pins timm=={PINNED_TIMM} (the image has {base['python']['timm']['version']})" in bad.stdout + bad.stderr
+
+
+def test_the_compose_registry_is_built_from_debian_and_serves_pushes(client, tmp_path, no_leftover_containers):
+    """compose/registry.yml's image: Debian's docker-registry, no Docker Hub; published on 127.0.0.1 only."""
+    import yaml
+
+    compose = yaml.safe_load((constants.PROJECT_ROOT / "compose/registry.yml").read_text())["services"]["registry"]
+    assert compose["ports"] == ["127.0.0.1:5000:5000"]
+    context = constants.PROJECT_ROOT / "compose" / compose["build"]["context"]
+    tag = "pfmbench-test/registry:latest"
+    build = subprocess.run([docker_cli(), "build", "-q", "-t", tag, "--build-arg", "DEBIAN=local/debian:bookworm", str(context)],
+                           capture_output=True, text=True, timeout=600)
+    assert build.returncode == 0, build.stderr
+    port = free_port()
+    container = client.containers.run(tag, detach=True, ports={"5000/tcp": ("127.0.0.1", port)}, labels=owner_labels())
+    try:
+        def answers() -> bool:
+            try:
+                with _registry_get(f"127.0.0.1:{port}", "") as r:
+                    return r.status == 200
+            except OSError:
+                return False
+
+        wait_until(answers, 60, "the compose registry to answer")
+        small = client.images.get("local/debian:bookworm")
+        small.tag(f"127.0.0.1:{port}/pfmbench/debian", "test")
+        pushed = [c for c in client.images.push(f"127.0.0.1:{port}/pfmbench/debian", tag="test", stream=True, decode=True) if "error" in c]
+        assert pushed == []
+        with _registry_get(f"127.0.0.1:{port}", "pfmbench/debian/tags/list") as r:
+            assert json.loads(r.read())["tags"] == ["test"]
+    finally:
+        container.remove(force=True)
+        client.images.remove(f"127.0.0.1:{port}/pfmbench/debian:test")
+        client.images.remove(tag, force=True)
 
 
 def test_unhealthy_container_fails_fast_with_its_log_and_is_removed(client, tmp_path, no_leftover_containers):
@@ -199,12 +352,12 @@ def test_planted_token_appears_nowhere(client, registry, tmp_path, no_leftover_c
     image = client.images.get(local_tag("phikon"))
     assert FAKE_TOKEN not in str(image.attrs["Config"].get("Env")) + str(image.labels)
     assert all(FAKE_TOKEN not in (h.get("CreatedBy") or "") for h in image.history())
-    push = subprocess.run([sys.executable, "-m", "harness.cli", "images", "push", "phikon", "--registry", registry],
+    push = subprocess.run([sys.executable, "-m", "harness.cli", "images", "publish", "phikon", "--registry", registry],
                           capture_output=True, text=True, timeout=900, env=env)
     assert push.returncode == 0, push.stderr
     assert FAKE_TOKEN not in push.stdout + push.stderr + build.stdout + build.stderr
 
-    manifest, config = _registry_image(registry, "pfmbench/phikon", "latest")
+    manifest, config = _registry_image(registry, "pfmbench/phikon", __version__)
     assert FAKE_TOKEN.encode() not in manifest + config
     diff_ids = json.loads(config)["rootfs"]["diff_ids"]
     layers = json.loads(manifest)["layers"]
@@ -290,7 +443,7 @@ def test_training_job_in_the_image_survives_kill_9_and_equals_the_local_job(clie
         orphan.reload()  # removed before the resumed job started
     (row,) = read_rows(tmp_path / "docker")
     # the image's identity: its registry digest once pushed (an earlier test may have), else its local id
-    assert row["runtime"] == "docker" and row["image_digest"] == image_identity(client.images.get(local_tag("phikon"))) and row["run_key"] == run_dir.name
+    assert row["runtime"] == "docker" and row["image_digest"] == image_identity(client.images.get(local_tag("phikon")), "phikon") and row["run_key"] == run_dir.name
     local = bench(*common, "--runtime", "local", "--results-dir", str(tmp_path / "local"))
     assert local.returncode == 0, local.stderr
     (lrow,) = read_rows(tmp_path / "local")

@@ -43,6 +43,7 @@ def test_served_features_equal_inprocess(transfer, phikon_reference, no_leftover
         assert tokens.shape == (2, 1, 10, 6, 768)
         assert rt.transfer == transfer
         assert rt.health()
+        assert rt.client.server_id() == "pfmbench/phikon/manifest=none"  # what it says of itself: no image manifest here
     assert _shm_regions() == []
 
 

@@ -54,7 +54,7 @@ def add_hashes(lock: Path, wheelhouse: Path) -> int:
 
 
 def main() -> None:
-    from harness.runtime.images import ensure_wheelhouse
+    from harness.images.build import ensure_wheelhouse
 
     lock = constants.PROJECT_ROOT / "requirements.lock"
     house = ensure_wheelhouse(log=lambda m: print(m, file=sys.stderr))

@@ -45,11 +45,16 @@ def reproduce(
     results_dir: ResultsOpt = None,
     data_dir: DataDirOpt = None,
     write: Annotated[bool, typer.Option(help="Also append the new row to the store.")] = False,
+    pull: Annotated[bool, typer.Option("--pull", help="Pull the row's image by its digest when it is not here.")] = False,
 ) -> None:
-    """Re-run a row's configuration in the image it ran in (pulled by digest if missing) and print the deltas; exit 2 if they differ."""
+    """Re-run a row's configuration in the image it ran in and print the deltas; exit 2 if they differ.
+
+    Docker rows, and --endpoint rows whose server reported its image, run in that image
+    (with --pull, fetched by digest when missing).
+    """
     from harness.run.reproduce import reproduce as run_reproduce
 
-    done = run_reproduce(row_id, results_dir=results_dir, data_dir=data_dir, write=write, log=lambda m: out.print(f"[dim]{m}[/dim]"))
+    done = run_reproduce(row_id, results_dir=results_dir, data_dir=data_dir, write=write, pull=pull, log=lambda m: out.print(f"[dim]{m}[/dim]"))
     old, new = done.old, done.new
     t = Table(title=f"reproduce {row_id}: {old['model']} on {old['dataset']} ({new.runtime}, {new.image_digest or 'no image'})")
     for col in ("metric", "stored", "now", "delta"):

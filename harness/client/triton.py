@@ -103,6 +103,10 @@ class FeatureClient:
         except Exception:  # connection refused while starting
             return False
 
+    def server_id(self) -> str:
+        """The server's id (Triton's ``--id``): a pfmbench server names its model and image manifest there (serve/identity.py)."""
+        return self._grpc.get_server_metadata(headers=self._headers, client_timeout=CONTROL_TIMEOUT_S).name
+
     # --- shared memory -------------------------------------------------------------------
 
     def _region(self, role: str, size: int) -> _Region:

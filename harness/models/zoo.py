@@ -24,7 +24,7 @@ class ZooEntry:
 def _built_images() -> set[str] | None:
     """Tags of local images, or None when no daemon answers (one connection, one ping)."""
     from harness.errors import RuntimeUnavailableError
-    from harness.runtime.images import docker_client
+    from harness.images.docker import docker_client
 
     try:
         client = docker_client(timeout=3)
@@ -35,7 +35,7 @@ def _built_images() -> set[str] | None:
 
 def zoo_status(pattern: str = "*") -> tuple[list[ZooEntry], str]:
     """One entry per model matching ``pattern``, and a note when image status is unknown."""
-    from harness.runtime.images import local_tag
+    from harness.images.docker import local_tag
     from harness.models.weights import cached_weights
 
     tags = _built_images()

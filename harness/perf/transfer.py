@@ -121,8 +121,8 @@ def _mode_unavailable(mode: str, model: str, device: str | None) -> str | None:
     """Why ``mode`` cannot be measured here (None: it can). Perf never builds or pulls an image."""
     if mode != "docker":
         return None
+    from harness.images.docker import docker_client, local_tag
     from harness.runtime import docker_available
-    from harness.runtime.images import docker_client, local_tag
 
     ok, why = docker_available()
     if not ok:

@@ -102,9 +102,10 @@ def image_digest(runtime: str, spec: ModelSpec, image: str | None) -> str | None
     """The identity of the image a docker run uses (``image``, else the model's, built if missing); None for other runtimes."""
     if runtime != "docker":
         return None
-    from harness.runtime.images import docker_client, ensure_image, image_identity
+    from harness.images.docker import docker_client
+    from harness.images.registry import ensure_image, image_identity
 
-    return image_identity(docker_client().images.get(image) if image else ensure_image(spec.name))
+    return image_identity(docker_client().images.get(image) if image else ensure_image(spec.name), spec.name)
 
 
 def _blocks(cfg: AnyConfig, spec: ModelSpec) -> tuple[int, ...]:
@@ -131,6 +132,10 @@ def plan_run(cfg: AnyConfig, image: str | None = None, device: str = "cpu", engi
     a GPU run, or one through ``torch.compile`` or onnxruntime, has a key of its own.
     """
     spec = spec_for_preset(get_spec(cfg.model), cfg.preset)  # densebench: MUSK normalised as the reference
+    if cfg.runtime in ("local", "inprocess"):
+        from harness.models.builders import check_packages
+
+        check_packages(spec)  # the backbone is built on this host: a model's own pins (an older timm) must hold here
     card = get_card(cfg.dataset)
     card.check_task(getattr(cfg, "task", "segmentation"))
     blocks = _blocks(cfg, spec)

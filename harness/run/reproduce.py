@@ -32,9 +32,13 @@ class Reproduction:
         return all(old == now for _, old, now in self.deltas())
 
 
-def reproduce(row_id: str, results_dir: Path | None = None, data_dir: Path | None = None, write: bool = False,
+def reproduce(row_id: str, results_dir: Path | None = None, data_dir: Path | None = None, write: bool = False, pull: bool = False,
               log: Callable[[str], None] = print) -> Reproduction:
     """Re-run a stored row. Docker rows run in the recorded image digest, and every row with its recorded engine.
+
+    An ``--endpoint`` row whose server reported its image (serve/identity.py) runs in that
+    image here, under the docker runtime: the server it used may be long gone. With
+    ``pull``, an image that is not here is pulled by its digest first.
 
     Features are extracted again, never read from the feature cache: a reproduction
     recomputes everything the row's numbers came from. The device is this machine's
@@ -48,24 +52,34 @@ def reproduce(row_id: str, results_dir: Path | None = None, data_dir: Path | Non
     task = old.get("task", "segmentation")
     cfg = RunConfig(**raw) if task == "segmentation" else WsiConfig(**raw) if task.startswith("wsi-") else RoiConfig(**raw)
     image = None
-    if old["runtime"] == "docker" and old["image_digest"]:
-        image = _ensure_digest(old["image_digest"], old["model"], log)
+    if old["runtime"] in ("docker", "endpoint") and old["image_digest"]:
+        image = _ensure_digest(old["image_digest"], old["model"], pull, log)
+        cfg = cfg.model_copy(update={"runtime": "docker"})
+    elif old["runtime"] == "endpoint":
+        raise PfmbenchError(f"row {row_id} came from a server at --endpoint that reported no image", "rerun it against that server with 'pfmbench bench --endpoint'")
     log(f"re-running {row_id}: {old['model']} on {old['dataset']}, runtime {cfg.runtime}" + (f", image {image}" if image else ""))
     engine = old.get("engine") or "torch"  # rows before schema 5 ran eager torch
     new = execute(cfg, results_dir=results_dir, data_dir=data_dir, write=write, image=image, feature_cache=False, engine=engine)
     return Reproduction(old, new)
 
 
-def _ensure_digest(ref: str, model: str, log: Callable[[str], None]) -> str:
-    """The local image id for a recorded identity: a ``repo@sha256:`` reference is pulled if absent."""
-    import docker.errors
+def _ensure_digest(ref: str, model: str, pull: bool, log: Callable[[str], None]) -> str:
+    """The local image id for a recorded identity; a ``repo@sha256:`` reference (or a manifest the lock names) is pulled with ``pull``."""
+    from harness.images.docker import docker_client, get_image
+    from harness.images.lock import MANIFEST_PREFIX, entry_by_manifest
+    from harness.images.registry import pull_ref
 
-    from harness.runtime.images import docker_client, pull_ref
-
-    client = docker_client()
-    try:
-        return client.images.get(ref).id
-    except docker.errors.ImageNotFound:
-        if "@" not in ref:
-            raise PfmbenchError(f"image {ref[:19]} of this row was never pushed and is not present", f"rebuild it with 'pfmbench images build {model}' (a new build may differ)") from None
-        return pull_ref(ref, model, log).id
+    if ref.startswith(MANIFEST_PREFIX):
+        entry = entry_by_manifest(model, ref.removeprefix(MANIFEST_PREFIX))
+        if entry is None:
+            raise PfmbenchError(f"no entry of models/images.lock holds the image this row ran in ({ref[:28]}...)",
+                                "use the lock of the release the row was computed with (--lock / PFMBENCH_IMAGES_LOCK)")
+        ref = entry.ref
+    image = get_image(docker_client(), ref)
+    if image is not None:
+        return image.id
+    if "@" not in ref:
+        raise PfmbenchError(f"image {ref[:19]} of this row was never pushed and is not here", f"rebuild it with 'pfmbench images build {model}' (a new build may differ)")
+    if not pull:
+        raise PfmbenchError(f"the row's image {ref} is not here", "add --pull to pull it by its digest")
+    return pull_ref(ref, model, log).id

@@ -19,9 +19,10 @@ from typing import Any, Unpack
 
 from harness import constants
 from harness.errors import ServerError
+from harness.images.docker import docker_client
+from harness.images.registry import ensure_image, image_identity
 from harness.models.spec import ModelSpec
 from harness.models.weights import ResolvedWeights
-from harness.runtime.images import docker_client, ensure_image, image_identity
 from harness.runtime.owners import RUN_LABEL, owner_labels, reap_orphan_containers
 from harness.runtime.served import ServedOptions, ServedRuntime, normalisation_args, server_dtype_args
 from harness.util.devices import docker_device_requests, inside_device, resolve_device
@@ -77,7 +78,7 @@ class DockerRuntime(ServedRuntime):
         client = docker_client()
         reap_orphan_containers(client)
         image = client.images.get(self.image_ref) if self.image_ref else ensure_image(self.spec.name)
-        self._digest = image_identity(image)
+        self._digest = image_identity(image, self.spec.name)
         token = secrets.token_hex(16)
         name = f"pfmbench-{self.spec.name}-{uuid.uuid4().hex[:8]}"
         self.container = client.containers.run(image.id, detach=True, **server_container(self.spec, self.weights, self.device, name, token, self.engine, self.dtype))

@@ -23,6 +23,7 @@ from harness.models.spec import ModelSpec
 from harness.models.weights import ResolvedWeights, resolve_weights
 from harness.serve import protocol
 from harness.serve.engines import build_engine
+from harness.serve.identity import server_id
 from harness.serve.workspace import new_workspace
 from harness.util.devices import DEFAULT_EXTRACT_DTYPE, resolve_device
 from harness.util.leases import release
@@ -107,7 +108,7 @@ def _serve_until_stopped(spec: ModelSpec, weights: str, init_seed: int, host: st
     config = TritonConfig(
         http_address=host, grpc_address=host, metrics_address=host,
         http_port=http_port, grpc_port=grpc_port, metrics_port=metrics_port,
-        log_verbose=0, exit_timeout_secs=5,
+        log_verbose=0, exit_timeout_secs=5, id=server_id(spec.name),  # read back by --endpoint rows (serve/identity.py)
     )
     with Triton(config=config, security_config=security, workspace=workspace) as triton:
         triton.bind(

@@ -72,7 +72,7 @@ def _run_local(run_dir: Path, on_event: Callable[[dict], None], device: str) -> 
 
 
 def _run_docker(run_dir: Path, job: JobSpec, mounts: list[tuple[Path, str]], image: str, on_event: Callable[[dict], None], device: str) -> None:
-    from harness.runtime.images import docker_client
+    from harness.images.docker import docker_client
 
     client = docker_client()
     reap_orphan_containers(client)  # a container left by a harness that was killed: the run resumes from its checkpoint instead
@@ -152,7 +152,8 @@ def run_training_job(plan: Plan, results_dir: Path | None, data_dir: Path | None
                 mounts.append((source, "ro"))
             if plan.weights.path is not None:
                 mounts.append((plan.weights.path.absolute(), "ro"))
-            from harness.runtime.images import docker_client, ensure_image
+            from harness.images.docker import docker_client
+            from harness.images.registry import ensure_image
 
             img = docker_client().images.get(image) if image else ensure_image(plan.spec.name)
             _run_docker(run_dir, job, mounts, img.id, on_event, device)

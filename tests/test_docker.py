@@ -339,6 +339,7 @@ def test_a_container_of_a_killed_harness_is_reaped_by_the_next_command(client, t
         container.reload()
 
 
+@pytest.mark.timeout(1200)  # publishes: 8 GB pushed when it runs alone, seconds after the publish test filled the registry
 def test_planted_token_appears_nowhere(client, registry, tmp_path, no_leftover_containers):
     """Build and push with a token in the environment, run, then scan layers, labels, env, history and logs.
 

@@ -177,3 +177,11 @@ def test_a_local_run_of_a_model_whose_pin_this_venv_does_not_meet_is_refused_bef
     assert res.stderr.strip().splitlines() == [
         f"error: model 'pinned_vit' pins timm==1.0.9, but timm {version('timm')} is installed "
         "(fix: run 'make setup' (it installs requirements.lock), or use the model's image (RUNTIME=docker))"]
+
+
+@pytest.mark.parametrize("command", ["pull", "verify"])
+def test_pull_and_verify_with_an_empty_lock_say_to_publish_first(command, tmp_path):
+    res = subprocess.run([sys.executable, "-m", "harness.cli", "images", command], capture_output=True, text=True,
+                         env={**__import__("os").environ, "PFMBENCH_IMAGES_LOCK": str(tmp_path / "images.lock"), "COLUMNS": "300"})
+    assert res.returncode == 2 and len(res.stderr.strip().splitlines()) == 1
+    assert "publish first ('pfmbench images publish --registry R')" in res.stderr

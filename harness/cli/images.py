@@ -56,7 +56,10 @@ def images_pull(models: ModelsArg = None) -> None:
     from harness.images.lock import read_lock
     from harness.images.registry import image_identity, pull
 
-    for m in models or sorted(read_lock()):
+    names = models or sorted(read_lock())
+    if not names:
+        raise typer.BadParameter("models/images.lock has no entries yet: publish first ('pfmbench images publish --registry R') or build ('pfmbench images build')")
+    for m in names:
         out.print(f"{m}: {image_identity(pull(m, log=log), m)}")
 
 

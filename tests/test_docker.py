@@ -72,8 +72,7 @@ def no_leftover_containers(client):
 
 
 def bench(*args: str, env: dict | None = None, timeout: float = 900) -> subprocess.CompletedProcess:
-    return subprocess.run([sys.executable, "-m", "harness.cli", "bench", "--no-progress", *args], capture_output=True, text=True,
-                          timeout=timeout, env={**os.environ, **(env or {})})
+    return _cli("bench", "--no-progress", *args, env=env, timeout=timeout)
 
 
 def test_image_labels_are_the_spec(client):

@@ -7,6 +7,7 @@ from __future__ import annotations
 
 import copy
 import json
+import os
 import re
 import subprocess
 import sys
@@ -150,7 +151,7 @@ def test_every_pfmbench_command_of_the_release_workflow_exists_with_its_options(
         words = line.split()[1:]
         sub = [w for w in words if re.fullmatch(r"[a-z]+", w)][:2]
         helptext = subprocess.run([sys.executable, "-m", "harness.cli", *sub, "--help"], capture_output=True, text=True,
-                                  env={**__import__("os").environ, "COLUMNS": "200"})
+                                  env={**os.environ, "COLUMNS": "200"})
         assert helptext.returncode == 0, (line, helptext.stderr)
         for option in (w for w in words if w.startswith("--")):
             assert option in helptext.stdout, (line, option)
@@ -172,7 +173,7 @@ def test_a_local_run_of_a_model_whose_pin_this_venv_does_not_meet_is_refused_bef
     models = pinned_model_dir(tmp_path, "1.0.9", install=False)
     res = subprocess.run([sys.executable, "-m", "harness.cli", "bench", "--no-progress", "-m", "pinned_vit", "-d", "nuclei-sample",
                           "--runtime", "local", "--results-dir", str(tmp_path / "res")],
-                         capture_output=True, text=True, env={**__import__("os").environ, "PFMBENCH_MODELS_DIR": str(models)})
+                         capture_output=True, text=True, env={**os.environ, "PFMBENCH_MODELS_DIR": str(models)})
     assert res.returncode == 1 and not (tmp_path / "res").exists()
     assert res.stderr.strip().splitlines() == [
         f"error: model 'pinned_vit' pins timm==1.0.9, but timm {version('timm')} is installed "
@@ -182,6 +183,6 @@ def test_a_local_run_of_a_model_whose_pin_this_venv_does_not_meet_is_refused_bef
 @pytest.mark.parametrize("command", ["pull", "verify"])
 def test_pull_and_verify_with_an_empty_lock_say_to_publish_first(command, tmp_path):
     res = subprocess.run([sys.executable, "-m", "harness.cli", "images", command], capture_output=True, text=True,
-                         env={**__import__("os").environ, "PFMBENCH_IMAGES_LOCK": str(tmp_path / "images.lock"), "COLUMNS": "300"})
+                         env={**os.environ, "PFMBENCH_IMAGES_LOCK": str(tmp_path / "images.lock"), "COLUMNS": "300"})
     assert res.returncode == 2 and len(res.stderr.strip().splitlines()) == 1
     assert "publish first ('pfmbench images publish --registry R')" in res.stderr

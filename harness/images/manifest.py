@@ -22,6 +22,7 @@ import argparse
 import hashlib
 import json
 import os
+import re
 import subprocess
 import sys
 from importlib import metadata
@@ -57,6 +58,11 @@ def debian_packages(dpkg_info: Path = DPKG_INFO) -> dict[str, dict[str, str]]:
     return packages
 
 
+def normalise(name: str) -> str:
+    """A distribution name as PEP 503 compares them (``Open_Clip.Torch`` -> ``open-clip-torch``): the manifest's keys."""
+    return re.sub(r"[-_.]+", "-", name).lower()
+
+
 def _record_hash(dist: metadata.Distribution) -> str:
     text = dist.read_text("RECORD") or ""
     kept = sorted(line for line in text.splitlines() if line and not line.split(",", 1)[0].endswith(".pyc"))
@@ -70,8 +76,7 @@ def python_packages() -> dict[str, dict[str, str]]:
         name = dist.metadata["Name"]
         if not name:
             continue
-        key = name.lower().replace("_", "-").replace(".", "-")
-        packages.setdefault(key, {"version": dist.version, "hash": _record_hash(dist)})  # the first on sys.path wins, as for import
+        packages.setdefault(normalise(name), {"version": dist.version, "hash": _record_hash(dist)})  # the first on sys.path wins, as for import
     return packages
 
 
@@ -116,7 +121,7 @@ def packages_mismatch(manifest: Manifest, pins: dict[str, str]) -> list[str]:
     python = manifest.get("python", {})
     wrong = []
     for name, version in sorted(pins.items()):
-        have = python.get(name.lower().replace("_", "-").replace(".", "-"), {}).get("version")
+        have = python.get(normalise(name), {}).get("version")
         if have != version:
             wrong.append(f"{name}=={version} (the image has {have or 'none'})")
     return wrong

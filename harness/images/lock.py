@@ -16,6 +16,7 @@ from __future__ import annotations
 import ipaddress
 import json
 from pathlib import Path
+from urllib.parse import urlsplit
 
 import yaml
 from pydantic import BaseModel, ConfigDict, Field, ValidationError
@@ -112,8 +113,7 @@ def write_lock(entries: dict[str, LockEntry], manifests: dict[str, Manifest], pa
 
 def is_loopback(registry: str) -> bool:
     """True for a registry only this machine can reach (``localhost``, ``127.0.0.0/8``, ``[::1]``)."""
-    host = registry.split("/", 1)[0]
-    host = host[1:].split("]", 1)[0] if host.startswith("[") else host.rsplit(":", 1)[0] if host.count(":") == 1 else host
+    host = urlsplit("//" + registry.split("/", 1)[0]).hostname or ""  # drops the port and an IPv6 address's brackets
     if host == "localhost":
         return True
     try:

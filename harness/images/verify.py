@@ -61,8 +61,9 @@ def verify(model: str, lock: Path | None = None, pull: bool = False, image: str 
         found = pull_ref(entry.ref, model, log)
     result = Verification(model, ref)
 
-    pushed = [d.split("@", 1)[1] for d in found.attrs.get("RepoDigests") or []]
-    if entry.ref in (found.attrs.get("RepoDigests") or []):
+    repo_digests = found.attrs.get("RepoDigests") or []
+    pushed = [d.split("@", 1)[1] for d in repo_digests]
+    if entry.ref in repo_digests:
         result.matched.append(f"digest {entry.digest} ({entry.image})")
     else:
         result.differences.append(f"digest: the lock pins {entry.digest}; the local image has "
@@ -70,10 +71,11 @@ def verify(model: str, lock: Path | None = None, pull: bool = False, image: str 
 
     recorded = image_manifest(found)
     counts = f"{len(recorded.get('debian', {}))} Debian and {len(recorded.get('python', {}))} Python packages"
-    if manifest_hash(recorded) == entry.manifest:
+    recorded_hash = manifest_hash(recorded)
+    if recorded_hash == entry.manifest:
         result.matched.append(f"manifest {entry.manifest} ({counts})")
     else:
-        result.differences.append(f"manifest: the lock pins {entry.manifest}; the image recorded {manifest_hash(recorded)}")
+        result.differences.append(f"manifest: the lock pins {entry.manifest}; the image recorded {recorded_hash}")
         reference = read_manifest(model, lock)
         result.differences += [f"  {line}" for line in diff(reference, recorded)] if reference else [
             "  (no manifests/<model>.json beside the lock: which packages differ cannot be said)"]

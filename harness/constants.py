@@ -50,6 +50,9 @@ DOCKER_CLI = os.environ.get("PFMBENCH_DOCKER_CLI")
 #: Seconds between the plain progress lines printed off a terminal (logs, CI, nohup); PFMBENCH_PROGRESS_INTERVAL.
 PROGRESS_INTERVAL_S = float(os.environ.get("PFMBENCH_PROGRESS_INTERVAL", "30"))
 
+#: Where a local model server writes its log: a server that fails keeps it here (the error names it); one that stops cleanly removes it.
+LOGS_DIR = Path(os.environ.get("PFMBENCH_LOGS") or CACHE_DIR / "logs")
+
 #: Measured eager and compiled forward rates per GPU model, which ``--engine auto`` reads (``make gpu-check`` writes them).
 ENGINE_STORE = Path(os.environ.get("PFMBENCH_ENGINES") or CACHE_DIR / "engines.json")
 

@@ -126,13 +126,13 @@ class ServerError(PfmbenchError):
 
 
 class ServerDiedError(ServerError):
-    def __init__(self, model: str, returncode: int | None, log_tail: str) -> None:
+    def __init__(self, model: str, returncode: int | None, log_tail: str, where_logs: str) -> None:
         self.model, self.returncode, self.log_tail = model, returncode, log_tail
         how = f"signal {-returncode}" if returncode is not None and returncode < 0 else f"exit code {returncode}"
         last = log_tail.strip().splitlines()[-1] if log_tail.strip() else "no output"
         super().__init__(
             f"the model server for '{model}' stopped ({how}) while the run needed it; last log line: {last}",
-            "rerun the command; if it recurs, run with RUNTIME=inprocess to see the model's own error",
+            f"see {where_logs}; rerun the command, and if it recurs, run with RUNTIME=inprocess to see the model's own error",
         )
 
 

@@ -8,6 +8,7 @@ import signal
 import subprocess
 import sys
 
+import pytest
 from waiting import wait_until
 
 from conftest import _stat
@@ -20,16 +21,29 @@ leader = spawn_group([sys.executable, "-c", sys.argv[1]], stdout=sys.stdout)
 sys.stdin.readline()
 """
 
-# The group leader: a member in its group, then a main thread stuck in C code with SIGTERM blocked,
-# so the Python handler never runs (a Triton server's main thread in a C-level wait is the real case).
-LEADER = """
+# A group leader whose main thread never runs the SIGTERM handler: SIGTERM is blocked before the
+# watchdog thread starts, so no thread of it takes the signal and only the watchdog can act (a Triton
+# server's main thread in a C-level wait is the real case).
+SIGTERM_BLOCKED = """
 import os, signal, subprocess, time
+from harness.util.procgroup import die_with_parent_promptly
+signal.pthread_sigmask(signal.SIG_BLOCK, {signal.SIGTERM})
+die_with_parent_promptly()
+member = subprocess.Popen(["sleep", "600"])
+print(os.getpid(), member.pid, flush=True)
+time.sleep(600)
+"""
+
+# A group leader whose main thread does run the handler and lets ``on_stop`` end the process at once,
+# inside the watchdog's grace period, without stopping its member itself.
+EXITS_AT_ONCE = """
+import os, subprocess, time
 from harness.util.procgroup import die_with_parent_promptly
 die_with_parent_promptly()
 member = subprocess.Popen(["sleep", "600"])
-signal.pthread_sigmask(signal.SIG_BLOCK, {signal.SIGTERM})
 print(os.getpid(), member.pid, flush=True)
-time.sleep(600)
+while True:
+    time.sleep(0.05)
 """
 
 
@@ -41,8 +55,9 @@ def _gone(pid: int) -> bool:
     return st is None
 
 
-def test_a_leader_whose_main_thread_cannot_handle_sigterm_still_dies_with_its_parent():
-    parent = subprocess.Popen([sys.executable, "-c", PARENT, LEADER], stdin=subprocess.PIPE, stdout=subprocess.PIPE, text=True)
+@pytest.mark.parametrize("leader", [SIGTERM_BLOCKED, EXITS_AT_ONCE], ids=["main-thread-blocked", "main-thread-exits-at-once"])
+def test_a_leader_dies_with_its_parent_and_takes_its_group_with_it(leader: str):
+    parent = subprocess.Popen([sys.executable, "-c", PARENT, leader], stdin=subprocess.PIPE, stdout=subprocess.PIPE, text=True)
     leader, member = map(int, parent.stdout.readline().split())  # type: ignore[union-attr]
     try:
         assert _stat(member)[1] == leader  # the member is in the leader's group  # type: ignore[index]

@@ -9,6 +9,7 @@ from pathlib import Path
 import numpy as np
 import pytest
 
+from harness import constants
 from harness.errors import ServerDiedError, ServerError
 from harness.models.spec import get_spec
 from harness.models.weights import ResolvedWeights
@@ -131,6 +132,9 @@ def test_killed_server_gives_a_clear_error_and_no_orphans(no_leftover_servers):
             os.kill(rt.proc.pid, signal.SIGKILL)
             rt.infer(IMAGES[:1], (11,))
     assert "stopped (signal 9)" in exc.value.one_line()
+    # the failed server's log is kept where the error says, under the logs dir (not a temp dir that piles up)
+    assert f"see the full log at {rt.log_path}" in exc.value.one_line()
+    assert rt.log_path.parent == constants.LOGS_DIR and "serving phikon" in rt.log_path.read_text()
     assert rt.proc is None
     assert not [p for p in server_processes() if p[1] == group]
     assert _shm_regions() == []
@@ -152,6 +156,7 @@ def test_a_stopped_or_interrupted_server_leaves_no_process_and_none_of_its_share
         assert any(r.name.startswith("psm_") for r in regions), regions
         getattr(rt, how)()
     assert proc.returncode == exit_code  # 138: the server's watchdog reaped it (STOP_NOW), not Triton's clean shutdown
+    assert not rt.log_path.exists()  # a server stopped on purpose leaves no log behind
     assert not [p for p in server_processes() if p[1] == proc.pid]
     assert [r for r in regions if r.exists()] == []
     assert _shm_regions() == []

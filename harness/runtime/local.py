@@ -96,7 +96,8 @@ class LocalRuntime(ServedRuntime):
     def start(self) -> None:
         token = secrets.token_hex(16)
         ports = free_ports(3)
-        fd, name = tempfile.mkstemp(prefix=f"pfmbench-{self.spec.name}-", suffix=".log")
+        constants.LOGS_DIR.mkdir(parents=True, exist_ok=True)
+        fd, name = tempfile.mkstemp(prefix=f"{self.spec.name}-", suffix=".log", dir=constants.LOGS_DIR)
         self.log_path = Path(name)
         with os.fdopen(fd, "wb") as logf:
             env = {**server_env(token), **(visible_devices_env(self.device) if self.device else {})}  # the chosen GPU is the server's cuda

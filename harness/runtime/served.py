@@ -142,14 +142,14 @@ class ServedRuntime(Runtime):
         assert self.client, "start() the runtime first"
         if not self.alive():
             self._failed = True
-            raise ServerDiedError(self.spec.name, self.exit_status(), self.logs())
+            raise ServerDiedError(self.spec.name, self.exit_status(), self.logs(), self.where_logs)
         client = self._borrow()
         try:
             return client.infer(images, blocks)
         except Exception as exc:
             self._failed = True
             if self._dead():
-                raise ServerDiedError(self.spec.name, self.exit_status(), self.logs()) from exc
+                raise ServerDiedError(self.spec.name, self.exit_status(), self.logs(), self.where_logs) from exc
             raise ServerError(
                 f"the model server for '{self.spec.name}' failed a request: {str(exc).splitlines()[0]}",
                 f"see {self.where_logs}",

@@ -20,6 +20,7 @@ the seconds Triton's clean shutdown takes.
 
 from __future__ import annotations
 
+import atexit
 import contextlib
 import ctypes
 import os
@@ -195,6 +196,10 @@ def die_with_parent_promptly(on_stop: type[BaseException] = KeyboardInterrupt, r
     container's PID 1 is not tied to a parent: only the SIGTERM deadline applies to it.
     :data:`STOP_NOW` makes the deadline now: the watchdog reaps and exits without waiting
     for the main thread, which may be blocked in C.
+
+    ``reap`` also runs when the interpreter exits by itself (``atexit``): a main thread that
+    does get to the handler, raises ``on_stop`` and ends the process inside the grace period
+    would otherwise leave the rest of the group behind, unreaped, with no watchdog left.
     """
     parent, watch_parent = os.getppid(), _has_parent_death_signal()
     stop_asked: list[float] = []
@@ -223,6 +228,7 @@ def die_with_parent_promptly(on_stop: type[BaseException] = KeyboardInterrupt, r
         stop_asked.append(time.monotonic())
         raise on_stop()
 
+    atexit.register(reap)
     signal.signal(signal.SIGTERM, on_term)
     signal.signal(STOP_NOW, lambda signum, frame: stop_now.append(time.monotonic()))
     threading.Thread(target=watchdog, name="shutdown-watchdog", daemon=True).start()

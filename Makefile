@@ -35,7 +35,7 @@ help:
 	@echo "make distill [OUT=runs/distill DISTILL_ARGS=..]  distil served phikon + uni into a tiny student (resumable; docs/gpfm.md)"
 	@echo "make sweep GRID=grid.yaml [EXECUTOR=ray]  a grid of runs (docs/sweeps.md)"
 	@echo "make report                     leaderboard, figures, HTML page (report/report.html) from results/"
-	@echo "make test                       the fast tier (about 4 min on 2 cores with TEST_WORKERS=2, one real served row included)"
+	@echo "make test                       the fast tier (about 8 min on 2 cores with TEST_WORKERS=2, one real served row included)"
 	@echo "make test-all                   every test: slow, docker (needs a daemon and 'make images'), ray"
 	@echo "make test-ci                    what CI runs: the fast tier, then the docker and ray tiers (not the slow one)"
 	@echo "make lint                       ruff and mypy (configured in pyproject.toml), and the import-cycle check"

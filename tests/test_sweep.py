@@ -64,14 +64,22 @@ def test_without_an_address_the_ray_executor_starts_and_stops_a_private_cluster(
 
 @pytest.fixture(scope="module")
 def ray_cluster():
-    """A real local Ray cluster with 2 worker slots, started with `ray start --head` (node address 127.0.0.1; Ray 2.60 binds all interfaces anyway)."""
+    """A real local Ray cluster with 2 worker slots, started with `ray start --head` (node address 127.0.0.1; Ray 2.60 binds all interfaces anyway).
+
+    The cluster and this session's drivers both run with ``RAY_AUTH_MODE=token``, as
+    docs/sweeps.md tells a user: left unset, Ray 2.60's ``ray start`` and a driver that
+    connects by address may disagree on whether a token is needed (measured here: the
+    driver failed with ``InvalidAuthToken``).
+    """
     ray_bin = str(Path(sys.executable).parent / "ray")
     port = free_port()
-    start = subprocess.run([ray_bin, "start", "--head", "--node-ip-address=127.0.0.1", f"--port={port}", "--num-cpus=2",
-                            "--include-dashboard=false", "--object-store-memory=200000000", "--disable-usage-stats"],
-                           capture_output=True, text=True, timeout=180)
-    assert start.returncode == 0, start.stdout + start.stderr
-    yield f"127.0.0.1:{port}"
+    with pytest.MonkeyPatch.context() as env:
+        env.setenv("RAY_AUTH_MODE", "token")
+        start = subprocess.run([ray_bin, "start", "--head", "--node-ip-address=127.0.0.1", f"--port={port}", "--num-cpus=2",
+                                "--include-dashboard=false", "--object-store-memory=200000000", "--disable-usage-stats"],
+                               capture_output=True, text=True, timeout=180)
+        assert start.returncode == 0, start.stdout + start.stderr
+        yield f"127.0.0.1:{port}"
     import ray
 
     ray.shutdown()

@@ -14,7 +14,7 @@ from harness.cli._app import app
 from harness.cli._common import DataDirOpt, EpochsOpt, ExecutorChoice, InputSizeOpt, PresetChoice, ResultsOpt, RuntimeOpt, WeightsOpt, int_list, out, split_list, value
 
 EXAMPLES = ("Examples:\n\n  pfmbench sweep -m phikon,uni -d nuclei-sample -s frozen,lora --seeds 42,43 --epochs 2 --concurrency 2\n\n"
-            "  pfmbench sweep grid.yaml --executor ray --ray-address 127.0.0.1:6379\n\n"
+            "  RAY_AUTH_MODE=token pfmbench sweep grid.yaml --executor ray --ray-address 127.0.0.1:6379\n\n"
             "  pfmbench sweep grid.yaml --plan --perf .perf/zoo-cuda.json   (estimate only)")
 
 
@@ -33,7 +33,7 @@ def sweep(
     retries: Annotated[int, typer.Option(help="Extra attempts of a failed job.", min=0)] = 2,
     executor: Annotated[ExecutorChoice, typer.Option(help="local (this machine) | ray (a Ray cluster).")] = "local",  # type: ignore[valid-type]
     concurrency: Annotated[Optional[int], typer.Option(help="local: jobs at once (default: one per GPU, each job on its own GPU; 1 without a GPU).", min=1)] = None,
-    ray_address: Annotated[Optional[str], typer.Option(help="ray: cluster address (default: start a local Ray).")] = None,
+    ray_address: Annotated[Optional[str], typer.Option(help="ray: cluster address (default: start a local Ray). Run with RAY_AUTH_MODE=token, as the cluster was started (docs/sweeps.md).")] = None,
     cpus_per_job: Annotated[float, typer.Option(help="ray: CPUs each job asks for.")] = 1.0,
     gpus_per_job: Annotated[Optional[float], typer.Option(help="ray: GPUs each job asks for (default: 1 where the cluster has GPUs, else 0).")] = None,
     timeout: Annotated[Optional[float], typer.Option(help="Seconds before an attempt is killed and retried.")] = None,
